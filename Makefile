@@ -1,0 +1,30 @@
+# `make demo` and `make test` set everything up themselves in .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pip's own index is used for everything; torch is whatever build pip resolves (unpinned).
+
+.PHONY: demo test venv clean bench
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ssl_rs.demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_knn.py
+	$(PY) benchmarks/bench_augment.py
+	$(PY) benchmarks/bench_georank_loss.py
+
+clean:
+	rm -rf demo_out runs .pytest_cache

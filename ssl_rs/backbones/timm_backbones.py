@@ -1,0 +1,120 @@
+"""Backbones: timm models with any number of input bands, plus a tiny CNN for tests.
+
+Every backbone follows one contract: ``forward(x) -> (B, D)`` pooled features and
+``num_features = D``; ``in_chans`` is free. Build one with
+``BACKBONES.create("resnet18", in_chans=13)`` or :func:`create_backbone`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..registry import BACKBONES
+
+
+class Backbone(nn.Module):
+    """A feature extractor with ``num_features`` and ``in_chans``; wraps a timm model."""
+
+    def __init__(self, model: nn.Module, in_chans: int, num_features: int, name: str):
+        super().__init__()
+        self.model = model
+        self.in_chans = in_chans
+        self.num_features = num_features
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ConfigError(
+                f"backbone {self.name!r} expects (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}"
+            )
+        return self.model(x)
+
+
+def _check_in_chans(in_chans: int) -> int:
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ConfigError(f"in_chans must be a positive integer, got {in_chans!r}")
+    return in_chans
+
+
+def _timm(name: str, timm_name: str, in_chans: int, **kwargs: Any) -> Backbone:
+    # num_classes=0 removes the classifier and keeps the pooling, giving (B, D) features.
+    model = timm.create_model(timm_name, pretrained=False, in_chans=_check_in_chans(in_chans), num_classes=0, **kwargs)
+    return Backbone(model, in_chans, model.num_features, name)
+
+
+@BACKBONES.register("resnet18")
+def resnet18(in_chans: int = 3, **kwargs: Any) -> Backbone:
+    """ResNet-18 (timm), 512-d features."""
+    return _timm("resnet18", "resnet18", in_chans, **kwargs)
+
+
+@BACKBONES.register("resnet50")
+def resnet50(in_chans: int = 3, **kwargs: Any) -> Backbone:
+    """ResNet-50 (timm), 2048-d features."""
+    return _timm("resnet50", "resnet50", in_chans, **kwargs)
+
+
+def _vit(name: str, timm_name: str, in_chans: int, img_size: int, patch_size: int, global_pool: str, **kwargs) -> Backbone:
+    if img_size % patch_size:
+        raise ConfigError(f"backbone {name!r}: img_size {img_size} is not a multiple of patch_size {patch_size}")
+    if global_pool not in ("token", "avg"):
+        raise ConfigError(f"backbone {name!r}: global_pool must be 'token' (CLS) or 'avg', got {global_pool!r}")
+    return _timm(
+        name,
+        timm_name,
+        in_chans,
+        img_size=img_size,
+        patch_size=patch_size,
+        global_pool=global_pool,
+        dynamic_img_size=True,  # evaluation may run at another size than pretraining
+        **kwargs,
+    )
+
+
+@BACKBONES.register("vit_tiny")
+def vit_tiny(in_chans: int = 3, img_size: int = 64, patch_size: int = 8, global_pool: str = "token", **kwargs) -> Backbone:
+    """ViT-Tiny (192-d), small patches for 64-120 px tiles; CLS token or mean of tokens."""
+    return _vit("vit_tiny", "vit_tiny_patch16_224", in_chans, img_size, patch_size, global_pool, **kwargs)
+
+
+@BACKBONES.register("vit_small")
+def vit_small(in_chans: int = 3, img_size: int = 64, patch_size: int = 8, global_pool: str = "token", **kwargs) -> Backbone:
+    """ViT-Small (384-d), small patches for 64-120 px tiles; CLS token or mean of tokens."""
+    return _vit("vit_small", "vit_small_patch16_224", in_chans, img_size, patch_size, global_pool, **kwargs)
+
+
+class TinyCNN(nn.Module):
+    """Four conv blocks and global average pooling: fast enough for CPU tests and the demo."""
+
+    def __init__(self, in_chans: int, width: int = 32):
+        super().__init__()
+        layers, c = [], in_chans
+        for i, out in enumerate((width, width * 2, width * 2, width * 4)):
+            layers += [
+                nn.Conv2d(c, out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.num_features = c
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+
+
+@BACKBONES.register("tiny_cnn")
+def tiny_cnn(in_chans: int = 3, width: int = 32) -> Backbone:
+    """A 4-layer CNN (128-d at width 32) for tests and the CPU demo."""
+    model = TinyCNN(_check_in_chans(in_chans), width)
+    return Backbone(model, in_chans, model.num_features, "tiny_cnn")
+
+
+def create_backbone(name: str, in_chans: int, **kwargs: Any) -> Backbone:
+    """Build a registered backbone by name."""
+    return BACKBONES.create(name, in_chans=in_chans, **kwargs)

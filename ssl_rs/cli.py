@@ -1,0 +1,327 @@
+"""The ``ssl-rs`` command: data | eval | list (pretrain, zoo and bench join as they land).
+
+The CLI only parses arguments and calls library functions. Errors caused by input
+(:class:`~ssl_rs.errors.SslRsError`) are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .errors import ConfigError, SslRsError
+
+EXIT_USAGE = 2
+
+
+# ----------------------------------------------------------------------------- helpers
+def _print_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> None:
+    """A plain aligned text table (also valid Markdown)."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
+
+
+def _floats(text: str) -> List[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> List[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _write_json(path: Optional[str], payload: Dict) -> None:
+    if path:
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- list
+def _registries() -> Dict[str, object]:
+    from . import augmentations, backbones  # noqa: F401  (registration happens on import)
+    from .data.converters import CONVERTERS
+    from .registry import AUGMENTATIONS, BACKBONES, METHODS, REGULARIZERS
+
+    _import_optional("ssl_rs.methods")
+    _import_optional("ssl_rs.geo.regularizers")
+    return {
+        "backbones": BACKBONES,
+        "augmentations": AUGMENTATIONS,
+        "methods": METHODS,
+        "regularizers": REGULARIZERS,
+        "converters": CONVERTERS,
+    }
+
+
+def _import_optional(module: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:  # a real missing dependency, not a part that is not built yet
+            raise
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registries = _registries()
+    kinds = [args.kind] if args.kind else list(registries)
+    for kind in kinds:
+        registry = registries[kind]
+        if kind == "converters":
+            rows = [{"name": name, "description": conv.summary} for name, conv in sorted(registry.items())]
+        else:
+            rows = [{"name": e.name, "description": e.summary} for e in registry.entries()]
+        print(f"{kind} ({len(rows)})")
+        _print_table(rows, ["name", "description"])
+        print()
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from .data.converters import convert
+
+    options = {
+        key: value
+        for key, value in {
+            "patch_size": args.patch_size,
+            "product": args.product,
+            "max_cloud": args.max_cloud,
+            "labels": args.labels,
+            "size": args.size,
+        }.items()
+        if value is not None
+    }
+    out = convert(args.format, args.src, args.output, **options)
+    from .data.layout import check_file
+
+    info = check_file(out)
+    print(f"wrote {out}: {info['n']} samples, {len(info['bands'])} bands, {info['size'][0]}x{info['size'][1]} px")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data.synth import synthesize
+
+    out = synthesize(
+        args.output,
+        n=args.n,
+        bands=args.bands,
+        size=args.size,
+        seed=args.seed,
+        dates=args.dates,
+        num_classes=args.classes,
+    )
+    print(f"wrote {out}: {args.n} synthetic samples ({args.n // args.dates} places x {args.dates} dates)")
+    return 0
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from .data.splits import add_split
+
+    counts = add_split(
+        args.file,
+        args.scheme,
+        name=args.name,
+        fractions=args.fractions,
+        seed=args.seed,
+        block_km=args.block_km,
+        make_default=args.default,
+    )
+    name = args.name or args.scheme
+    print(f"{args.file}: splits/{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from .data.layout import check_file
+
+    info = check_file(args.file)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"file      {info['file']}")
+    print(f"source    {info['source']}")
+    print(f"samples   {info['n']}")
+    print(f"bands     {len(info['bands'])}: {', '.join(info['bands'])}")
+    print(f"size      {info['size'][0]} x {info['size'][1]} px at {info['gsd']} m")
+    print(f"lat       {info['lat_range'][0]:.4f} .. {info['lat_range'][1]:.4f}")
+    print(f"lon       {info['lon_range'][0]:.4f} .. {info['lon_range'][1]:.4f}")
+    if "time_range" in info:
+        print(f"time      {info['time_range'][0]} .. {info['time_range'][1]}")
+    if "groups" in info:
+        print(f"places    {info['groups']} (groups of dates)")
+    if info.get("task"):
+        print(f"task      {info['task']}, {len(info['classes'])} classes")
+        for name, count in info["class_counts"].items():
+            print(f"  {name:<40} {count}")
+    for scheme, counts in info["splits"].items():
+        mark = " (default)" if scheme == info["default_split"] else ""
+        print(f"split     {scheme}{mark}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.harness import evaluate
+
+    backbone, bands = args.backbone, args.bands
+    if args.checkpoint:
+        from .train import load_backbone_from_checkpoint
+
+        backbone, cfg = load_backbone_from_checkpoint(args.checkpoint)
+        bands = bands or cfg["data_bands"]  # select the bands the model was trained on, by name
+        args.size = args.size or cfg["augmentation"]["size"]
+    result = evaluate(
+        backbone,
+        args.data,
+        backbone_args=args.backbone_args,
+        seed=args.seed,
+        scheme=args.scheme,
+        protocols=[args.protocol],
+        size=args.size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        bands=bands,
+        knn_k=args.k,
+        knn_temperature=args.temperature,
+        linear_epochs=args.epochs,
+        eval_split=args.eval_split,
+    )
+    rows = [{"protocol": name, **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}}
+            for name, metrics in result["metrics"].items()]
+    columns = ["protocol"] + [c for c in rows[0] if c != "protocol"]
+    print(f"{result['backbone']} on {result['data']} (split scheme {result['scheme']}: "
+          f"{result['n_train']} train, {result['n_test']} {result['eval_split']})")
+    _print_table(rows, columns)
+    _write_json(args.json, result)
+    return 0
+
+
+# ----------------------------------------------------------------------------- pretrain
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    result = pretrain(cfg, resume=args.resume)
+    if "eval" in result:
+        rows = []
+        for scheme, res in result["eval"].items():
+            for protocol, metrics in res["metrics"].items():
+                rows.append({"scheme": scheme, "protocol": protocol,
+                             **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}})
+        print(f"run {result['run_dir']}: {result['epochs']} epochs in {result['train_seconds']:.0f} s")
+        _print_table(rows, list(rows[0]))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-rs", description=__doc__.split("\n")[0])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ssl-rs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered backbones, augmentations, methods, regularizers, converters")
+    p.add_argument("kind", nargs="?", choices=["backbones", "augmentations", "methods", "regularizers", "converters"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("pretrain", help="pretrain a method (+ geo regularizer) from a config, then k-NN evaluate")
+    p.add_argument("-c", "--config", help="YAML config (zoo_configs/<dataset>/<method>[_<regularizer>].yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=2 geo.alpha=0.3")
+    p.add_argument("--resume", help="continue from a checkpoint (optimiser, schedules, EMA and epoch restored)")
+    p.set_defaults(func=cmd_pretrain)
+
+    data = sub.add_parser("data", help="convert, synthesise, split and inspect HDF5 datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    p = dsub.add_parser("convert", help="convert a real dataset distribution to the ssl-rs HDF5 layout")
+    p.add_argument("format", help="eurosat-ms | bigearthnet | ssl4eo-s12 | major-tom")
+    p.add_argument("src", help="the dataset's folder")
+    p.add_argument("-o", "--output", required=True, help="output .h5 file (written atomically)")
+    p.add_argument("--patch-size", type=int, help="major-tom: side of the patches cut from each tile (px)")
+    p.add_argument("--product", choices=["L1C", "L2A"], help="ssl4eo-s12: which product (default L1C)")
+    p.add_argument("--max-cloud", type=float, help="major-tom: drop patches with a larger cloud fraction")
+    p.add_argument("--labels", choices=["43", "19"], help="bigearthnet: CORINE nomenclature (default 43)")
+    p.add_argument("--size", type=int, help="ssl4eo-s12: centre crop to this size (px)")
+    p.set_defaults(func=cmd_data_convert)
+
+    p = dsub.add_parser("synth", help="write the synthetic geo-world (the demo's default data)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
+    p.add_argument("--bands", type=_names, help="comma-separated band names (default: the 12 L2A bands)")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dates", type=int, default=1, help="dates per place (default 1)")
+    p.add_argument("--classes", type=int, default=8, help="number of land-cover classes (default 8)")
+    p.set_defaults(func=cmd_data_synth)
+
+    p = dsub.add_parser("split", help="add a random or spatially blocked train/val/test split")
+    p.add_argument("file")
+    p.add_argument("--scheme", choices=["random", "spatial-block"], required=True)
+    p.add_argument("--name", help="store as splits/NAME (default: the scheme's name)")
+    p.add_argument("--fractions", type=_floats, default=[0.7, 0.1, 0.2], help="train,val,test (default 0.7,0.1,0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--block-km", type=float, default=100.0, help="spatial-block cell size in km (default 100)")
+    p.add_argument("--default", action="store_true", help="make this the file's default split")
+    p.set_defaults(func=cmd_data_split)
+
+    p = dsub.add_parser("info", help="summarise an ssl-rs HDF5 file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_data_info)
+
+    ev = sub.add_parser("eval", help="evaluate a backbone's frozen features (k-NN, linear probe)")
+    esub = ev.add_subparsers(dest="protocol", required=True)
+    for protocol in ("knn", "linear"):
+        p = esub.add_parser(protocol, help=f"{protocol} evaluation on the train/test split of an HDF5 file")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--backbone", help="a registered backbone name (randomly initialised)")
+        src.add_argument("--checkpoint", help="a checkpoint of an ssl-rs training run (RUN/checkpoints/last.ckpt)")
+        p.add_argument("--data", required=True, help="HDF5 file with a split")
+        p.add_argument("--scheme", help="split scheme in the file (default: the file's default)")
+        p.add_argument("--eval-split", default="test", choices=["val", "test"])
+        p.add_argument("--bands", type=_names, help="band subset, in the model's order")
+        p.add_argument("--size", type=int, help="resize inputs to this side (default: the data's size)")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--workers", type=int, default=0)
+        p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised backbone")
+        p.add_argument("--backbone-args", type=json.loads, default={}, help="JSON dict of backbone arguments")
+        p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
+        p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
+        p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
+        p.add_argument("--json", help="also write the result to this JSON file")
+        p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SslRsError as e:
+        print(f"ssl-rs: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ssl-rs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

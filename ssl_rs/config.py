@@ -1,0 +1,195 @@
+"""Pretraining configuration: one schema, YAML files that compose, dotted overrides.
+
+A config file may name ``defaults: [other.yaml, ...]`` (paths relative to it) that it is
+merged onto, so ``zoo_configs/<dataset>/<method>[_<regularizer>].yaml`` only states what
+differs from its dataset's and the shared defaults. Every key is checked against the schema:
+an unknown key is an error that names it and suggests the closest valid one. Method, backbone,
+augmentation and regularizer arguments (``*.args``) are checked against the signature of the
+registered factory they go to.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = "???"
+    scheme: Optional[str] = None  # split scheme; default: the file's default
+    bands: Optional[List[str]] = None
+    batch_size: int = 256
+    num_workers: int = 2
+    sampler: Optional[str] = None  # None | "geo_neighbors" (Tile2Vec: neighbours share a batch)
+    neighbor_km: float = 15.0
+    temporal_positives: bool = False  # second view from another date of the same place
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = "geometric"
+    size: Optional[int] = None  # view size; default: the data's image size
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "mocov2"
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GeoConfig:
+    name: Optional[str] = None  # None = no regularizer
+    alpha: float = 0.5
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"
+    lr: float = 0.03  # for a batch of 256; scaled linearly with the global batch when scale_lr
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    scale_lr: bool = True
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 100
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for multi-GPU / multi-node
+    precision: Optional[str] = None  # default: bf16-mixed on GPU, 32 on CPU
+    seed: int = 0
+    log_every_n_steps: int = 10
+    knn_every_n_epochs: int = 1  # online k-NN monitoring on the val split; 0 disables
+    deterministic: bool = False
+    progress_bar: bool = True
+    limit_train_batches: Optional[float] = None
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    schemes: Optional[List[str]] = None  # final k-NN on these split schemes; default: the training one
+    linear: bool = False
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs"
+    name: Optional[str] = None  # default: <method>[_<regularizer>]
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def valid_keys(schema=PretrainConfig, prefix: str = "") -> List[str]:
+    keys = []
+    for f in fields(schema):
+        key = f"{prefix}{f.name}"
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys += valid_keys(type(default), key + ".")
+        else:
+            keys.append(key)
+    return keys
+
+
+def _suggest(key: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not close:  # match the last component alone ("trainer.max_epoch" -> "max_epochs")
+        tail = key.rsplit(".", 1)[-1]
+        close = [c for c in candidates if c.rsplit(".", 1)[-1] in difflib.get_close_matches(
+            tail, [c.rsplit(".", 1)[-1] for c in candidates], n=1, cutoff=0.6)]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _load_yaml(path: Path, seen: tuple = ()) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: defaults form a cycle")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors
+        raise ConfigError(f"{path}: cannot parse YAML ({str(e).splitlines()[0]})") from None
+    defaults = raw.pop("defaults", []) if isinstance(raw, DictConfig) else []
+    merged = OmegaConf.create()
+    for name in defaults:
+        merged = OmegaConf.merge(merged, _load_yaml(path.parent / str(name), seen + (path.resolve(),)))
+    return OmegaConf.merge(merged, raw)
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema <- YAML file (with its ``defaults``) <- ``key=value`` overrides; validated."""
+    cfg = OmegaConf.structured(PretrainConfig)
+    keys = valid_keys()
+    layers = []
+    if path:
+        layers.append((str(path), _load_yaml(Path(path))))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    if overrides:
+        layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except (ConfigKeyError, ConfigAttributeError) as e:
+            key = e.full_key or str(e.key)
+            raise ConfigError(f"{source}: unknown config key {key!r}{_suggest(key, keys)}") from None
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {e.full_key}: {str(e).splitlines()[0]}") from None
+    if OmegaConf.is_missing(cfg.data, "path"):
+        raise ConfigError("data.path: no dataset given (set it in the config or as data.path=FILE.h5)")
+    return cfg
+
+
+def check_args(kind: str, name: str, factory, args: Dict[str, Any], reserved: Sequence[str] = ()) -> None:
+    """Raise ConfigError for ``args`` that ``factory`` does not accept, suggesting a close one."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()) and kind != "method":
+        return
+    accepted = [p for p in params if p not in ("self", "backbone", *reserved)]
+    if kind == "method":  # methods pass the base-class arguments through **kwargs
+        from .methods.base import BaseMethod, BaseMomentumMethod
+
+        accepted += [p for cls in (BaseMethod, BaseMomentumMethod) for p in inspect.signature(cls.__init__).parameters]
+    for key in args:
+        if key not in accepted or key in reserved:
+            raise ConfigError(f"{kind}.args: {name!r} has no argument {key!r}{_suggest(key, accepted)}")
+
+
+def to_dict(cfg: DictConfig) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,119 @@
+"""Random and spatially blocked train/val/test splits.
+
+A random split scatters neighbouring places over train and test, so a model that merely
+memorises location scores well; a spatial-block split sends whole geographic cells to one
+side (the GeoRank paper's So2Sat-rand vs So2Sat-block, S4A-rand vs S4A-tiles). Samples that
+share a ``group`` (several dates of one place) always land on the same side.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from .layout import SPLIT_CODES, _check_open, open_h5, write_split
+
+KM_PER_DEGREE = 6371.0088 * np.pi / 180.0
+SCHEMES = ("random", "spatial-block")
+
+
+def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
+    fr = np.asarray(fractions, np.float64)
+    if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
+        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    return fr
+
+
+def _assign_units(unit_sizes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle units (groups or cells) and give each to the split its cumulative midpoint falls in,
+    so the sample fractions are met as closely as whole units allow."""
+    order = rng.permutation(len(unit_sizes))
+    cumulative = np.cumsum(unit_sizes[order]) - unit_sizes[order] / 2.0
+    position = cumulative / unit_sizes.sum()
+    bounds = np.cumsum(fractions)[:-1]
+    codes = np.empty(len(unit_sizes), np.uint8)
+    codes[order] = np.searchsorted(bounds, position, side="right").astype(np.uint8)
+    return codes
+
+
+def _units(groups: Optional[np.ndarray], n: int):
+    if groups is None:
+        return np.arange(n), np.ones(n)
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return inverse, counts.astype(np.float64)
+
+
+def random_split(n: int, fractions=(0.7, 0.1, 0.2), seed: int = 0, groups: Optional[np.ndarray] = None) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test) for ``n`` samples, keeping groups together."""
+    fr = _check_fractions(fractions)
+    unit_of_sample, sizes = _units(groups, n)
+    return _assign_units(sizes, fr, np.random.default_rng(seed))[unit_of_sample]
+
+
+def block_ids(lat: np.ndarray, lon: np.ndarray, block_km: float) -> np.ndarray:
+    """Id of the roughly square ``block_km`` cell each (lat, lon) falls in.
+
+    Latitude bands are ``block_km`` tall; each band is cut into cells ``block_km`` wide at the
+    band's centre latitude, so cells keep their size from the equator to the poles.
+    """
+    if block_km <= 0:
+        raise ConfigError(f"block_km must be positive, got {block_km}")
+    dlat = block_km / KM_PER_DEGREE
+    band = np.floor((np.asarray(lat) + 90.0) / dlat).astype(np.int64)
+    centre = np.clip(-90.0 + (band + 0.5) * dlat, -89.9, 89.9)
+    dlon = np.minimum(dlat / np.cos(np.radians(centre)), 360.0)
+    column = np.floor((np.asarray(lon) + 180.0) / dlon).astype(np.int64)
+    return band * 1_000_000 + column
+
+
+def spatial_block_split(
+    lat: np.ndarray,
+    lon: np.ndarray,
+    block_km: float = 100.0,
+    fractions=(0.7, 0.1, 0.2),
+    seed: int = 0,
+    groups: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """Split codes where every ``block_km`` cell goes wholly to train, val or test."""
+    fr = _check_fractions(fractions)
+    cells = block_ids(lat, lon, block_km)
+    if groups is not None:  # a place with several dates follows the cell of its first sample
+        _, first = np.unique(groups, return_index=True)
+        cell_of_group = dict(zip(groups[first], cells[first]))
+        cells = np.array([cell_of_group[g] for g in groups])
+    _, unit_of_sample, sizes = np.unique(cells, return_inverse=True, return_counts=True)
+    return _assign_units(sizes.astype(np.float64), fr, np.random.default_rng(seed))[unit_of_sample]
+
+
+def add_split(
+    path: str | os.PathLike,
+    scheme: str,
+    *,
+    name: Optional[str] = None,
+    fractions=(0.7, 0.1, 0.2),
+    seed: int = 0,
+    block_km: float = 100.0,
+    make_default: bool = False,
+) -> Dict[str, int]:
+    """Compute a split scheme and store it in the file as ``splits/<name or scheme>``."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown split scheme {scheme!r} (use one of {', '.join(SCHEMES)})")
+    with open_h5(path, "r+") as f:
+        _check_open(f, path)
+        lat, lon = f["lat"][:], f["lon"][:]
+        groups = f["group"][:] if "group" in f else None
+        if scheme == "random":
+            codes = random_split(len(lat), fractions, seed, groups)
+        else:
+            codes = spatial_block_split(lat, lon, block_km, fractions, seed, groups)
+        key = name or scheme
+        write_split(f, key, codes)
+        f["splits"][key].attrs.update({"scheme": scheme, "seed": seed, "fractions": list(fractions)})
+        if scheme == "spatial-block":
+            f["splits"][key].attrs["block_km"] = block_km
+        if make_default or "default_split" not in f.attrs:
+            f.attrs["default_split"] = key
+    return {s: int((codes == i).sum()) for i, s in enumerate(SPLIT_CODES)}

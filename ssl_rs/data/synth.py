@@ -1,0 +1,229 @@
+"""A synthetic "geo-world": the embedded default data for the demo and the tests.
+
+It is synthetic, and says so in its ``source`` attribute, but it has the structure that makes
+geography-aware SSL worth having:
+
+* locations cluster in regions spread over a large part of the sphere (latitudes -50..65,
+  all longitudes), with tight sub-clusters so some places have neighbours within ~15 km;
+* a land-cover class field that is spatially correlated on the sphere: each class owns a few
+  smooth von Mises-Fisher "bumps" at two scales (continental and ~150 km) and a place takes the
+  class with the largest field value, so nearby places tend to share a class, as on Earth;
+* per-class spectral signatures over the Sentinel-2 bands (mixtures of water, forest, crop,
+  grass, urban, soil and snow reflectance curves), a per-class texture (stripes, blobs, grid or
+  speckle) mixing in a secondary material, latitude-dependent illumination, seasonal
+  vegetation change between dates, and sensor noise;
+* optionally several dates per place (``group`` ids), for temporal positives.
+
+Everything is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, timedelta
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .bands import S2_BANDS, S2_BANDS_L2A, normalize_band_name
+from .layout import H5Writer
+
+EARTH_RADIUS_KM = 6371.0088
+
+# Reflectance (0..1) of archetypal materials in S2_BANDS order
+# (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12), after typical library spectra.
+MATERIALS: Dict[str, Sequence[float]] = {
+    "water": [0.08, 0.07, 0.06, 0.04, 0.03, 0.02, 0.02, 0.02, 0.015, 0.01, 0.005, 0.01, 0.005],
+    "forest": [0.03, 0.03, 0.05, 0.03, 0.08, 0.25, 0.32, 0.35, 0.36, 0.30, 0.010, 0.15, 0.07],
+    "crop": [0.05, 0.05, 0.09, 0.06, 0.13, 0.30, 0.38, 0.42, 0.43, 0.35, 0.010, 0.22, 0.12],
+    "grass": [0.05, 0.05, 0.08, 0.07, 0.12, 0.22, 0.27, 0.30, 0.31, 0.27, 0.010, 0.26, 0.16],
+    "urban": [0.10, 0.11, 0.13, 0.15, 0.17, 0.19, 0.20, 0.22, 0.22, 0.20, 0.010, 0.25, 0.22],
+    "soil": [0.08, 0.09, 0.12, 0.16, 0.19, 0.21, 0.23, 0.25, 0.26, 0.25, 0.010, 0.32, 0.28],
+    "snow": [0.90, 0.90, 0.88, 0.85, 0.83, 0.80, 0.78, 0.75, 0.74, 0.60, 0.050, 0.10, 0.08],
+}
+VEGETATION = {"forest", "crop", "grass"}
+TEXTURES = ("stripes", "blobs", "grid", "speckle")
+CHUNK = 256  # samples rendered at once; bounds memory for large n
+
+
+def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    la, lo = np.radians(lat), np.radians(lon)
+    return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
+
+
+def _random_sphere(rng: np.random.Generator, n: int, lat_range=(-50.0, 65.0)):
+    """Uniform on the sphere between two latitudes: (lat, lon) in degrees."""
+    z = rng.uniform(np.sin(np.radians(lat_range[0])), np.sin(np.radians(lat_range[1])), n)
+    return np.degrees(np.arcsin(z)), rng.uniform(-180.0, 180.0, n)
+
+
+def _offset(lat, lon, north_km, east_km):
+    """Move points by small offsets in km (local tangent plane), keeping lon in [-180, 180)."""
+    lat2 = np.clip(lat + np.degrees(north_km / EARTH_RADIUS_KM), -89.0, 89.0)
+    lon2 = lon + np.degrees(east_km / (EARTH_RADIUS_KM * np.cos(np.radians(lat2))))
+    return lat2, (lon2 + 180.0) % 360.0 - 180.0
+
+
+def sample_locations(rng: np.random.Generator, n: int):
+    """Regions over the sphere; places scattered ~60 km around region centres, and a third of
+    them in tight (~5 km) sub-clusters around another place so close neighbours exist."""
+    n_regions = max(4, n // 40)
+    c_lat, c_lon = _random_sphere(rng, n_regions)
+    region = rng.integers(0, n_regions, n)
+    lat, lon = _offset(c_lat[region], c_lon[region], rng.normal(0, 60, n), rng.normal(0, 60, n))
+    tight = rng.random(n) < 1 / 3
+    anchor = rng.integers(0, n, n)
+    t_lat, t_lon = _offset(lat[anchor], lon[anchor], rng.normal(0, 5, n), rng.normal(0, 5, n))
+    return np.where(tight, t_lat, lat), np.where(tight, t_lon, lon)
+
+
+def class_field(rng: np.random.Generator, num_classes: int, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Land-cover class per place from smooth per-class fields on the sphere (argmax)."""
+    p = _unit_vectors(lat, lon)
+    score = np.zeros((len(lat), num_classes))
+    for kappa, bumps, weight in ((30.0, 5, 1.0), (1500.0, 40, 0.8)):  # ~10 deg and ~150 km scales
+        b_lat, b_lon = _random_sphere(rng, num_classes * bumps, (-60.0, 75.0))
+        centres = _unit_vectors(b_lat, b_lon).reshape(num_classes, bumps, 3)
+        cos = np.einsum("nd,kbd->nkb", p, centres)
+        score += weight * np.exp(kappa * (cos - 1.0)).sum(axis=-1)
+    score += rng.normal(0, 0.05, score.shape)  # small per-place variation breaks exact ties
+    return score.argmax(axis=1)
+
+
+def _class_recipes(rng: np.random.Generator, num_classes: int):
+    names = list(MATERIALS)
+    recipes = []
+    for k in range(num_classes):
+        main = names[k % len(names)]
+        second = names[(k + 1 + rng.integers(0, len(names) - 1)) % len(names)]
+        recipes.append(
+            {
+                "name": f"{main}_{k}" if num_classes > len(names) else main,
+                "main": main,
+                "second": second,
+                "texture": TEXTURES[k % len(TEXTURES)],
+                "mix": float(rng.uniform(0.2, 0.5)),
+                "tint": rng.normal(1.0, 0.05, len(S2_BANDS)),  # per-class spectral perturbation
+                "freq": float(rng.uniform(2.0, 6.0)),
+            }
+        )
+    return recipes
+
+
+def _textures(rng: np.random.Generator, n: int, size: int, recipes, cls: np.ndarray) -> np.ndarray:
+    """A (n, size, size) map in [0, 1] of where the secondary material shows."""
+    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+    angle = rng.uniform(0, np.pi, n)[:, None, None]
+    phase = rng.uniform(0, 2 * np.pi, n)[:, None, None]
+    freq = np.array([recipes[c]["freq"] for c in cls])[:, None, None]
+    along = xx[None] * np.cos(angle) + yy[None] * np.sin(angle)
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * along + phase)
+    coarse = torch.from_numpy(rng.random((n, 1, 6, 6)).astype(np.float32))
+    blobs = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
+    grid = ((np.sin(2 * np.pi * 2 * freq * xx[None] + phase) > 0.6) | (np.sin(2 * np.pi * 2 * freq * yy[None] + phase) > 0.6))
+    speckle = rng.random((n, size, size))
+    kind = np.array([TEXTURES.index(recipes[c]["texture"]) for c in cls])[:, None, None]
+    return np.select([kind == 0, kind == 1, kind == 2], [stripes, blobs, grid.astype(np.float64)], speckle)
+
+
+def render(
+    rng: np.random.Generator,
+    cls: np.ndarray,
+    lat: np.ndarray,
+    day_of_year: np.ndarray,
+    recipes,
+    band_idx: Sequence[int],
+    size: int,
+) -> np.ndarray:
+    """Images (n, C, size, size) uint16 (reflectance x 10000) for places of class ``cls``."""
+    n = len(cls)
+    spectra = np.asarray([[MATERIALS[m] for m in (r["main"], r["second"])] for r in recipes])  # K, 2, 13
+    main = spectra[cls, 0] * np.stack([r["tint"] for r in recipes])[cls]
+    second = spectra[cls, 1]
+    # Vegetation greens up in the local summer: stronger NIR / red-edge.
+    season = np.sin(2 * np.pi * (day_of_year - 80) / 365.25) * np.sign(lat + 1e-9)
+    green = np.zeros(len(S2_BANDS))
+    green[[4, 5, 6, 7, 8]] = 0.25
+    veg = np.array([recipes[c]["main"] in VEGETATION for c in cls])
+    main = main * (1 + np.where(veg, season, 0.0)[:, None] * green[None])
+    texture = _textures(rng, n, size, recipes, cls) * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
+    image = main[:, :, None, None] * (1 - texture[:, None]) + second[:, :, None, None] * texture[:, None]
+    illumination = 0.7 + 0.3 * np.cos(np.radians(lat))  # lower sun at high latitudes
+    image = image * illumination[:, None, None, None] * rng.uniform(0.9, 1.1, (n, 1, 1, 1))
+    image = image + rng.normal(0, 0.01, image.shape)  # sensor noise
+    image = image[:, list(band_idx)]
+    return np.clip(image * 10000.0, 0, 65535).astype(np.uint16)
+
+
+def synthesize(
+    out: str | os.PathLike,
+    n: int = 2000,
+    bands: Optional[Sequence[str]] = None,
+    size: int = 32,
+    seed: int = 0,
+    dates: int = 1,
+    num_classes: int = 8,
+    split: bool = True,
+    progress: bool = True,
+) -> str:
+    """Write a synthetic geo-world of ``n`` samples (``n // dates`` places x ``dates``)."""
+    if n < 3:
+        raise ConfigError(f"--n must be at least 3, got {n}")
+    if size < 8:
+        raise ConfigError(f"--size must be at least 8, got {size}")
+    if dates < 1 or n % dates:
+        raise ConfigError(f"--dates must be >= 1 and divide --n ({n}), got {dates}")
+    if not 2 <= num_classes <= 64:
+        raise ConfigError(f"--classes must be between 2 and 64, got {num_classes}")
+    try:
+        band_names = [normalize_band_name(b) for b in (bands or S2_BANDS_L2A)]
+    except ValueError as e:
+        raise ConfigError(f"--bands: {e}") from None
+    band_idx = [S2_BANDS.index(b) for b in band_names]
+    rng = np.random.default_rng(seed)
+    places = n // dates
+    p_lat, p_lon = sample_locations(rng, places)
+    p_cls = class_field(rng, num_classes, p_lat, p_lon)
+    recipes = _class_recipes(rng, num_classes)
+    # Sample order: place-major, so the dates of one place are consecutive.
+    place = np.repeat(np.arange(places), dates)
+    start = date(2021, 1, 1)
+    offsets = (np.tile(np.arange(dates), places) * (365 // dates) + rng.integers(0, 30, n)) % 365
+    day_of_year = offsets + 1
+    from tqdm.auto import tqdm
+
+    attrs = {"synthetic": True, "seed": seed, "num_places": places}
+    with H5Writer(
+        out,
+        bands=band_names,
+        size=(size, size),
+        gsd=10.0,
+        source=f"ssl-rs synthetic geo-world (seed={seed}); not real imagery",
+        class_names=[r["name"] for r in recipes],
+        attrs=attrs,
+        seed=seed,
+    ) as writer:
+        bar = tqdm(total=n, desc="synthesising", unit="img", disable=not progress)
+        for lo in range(0, n, CHUNK):
+            idx = np.arange(lo, min(n, lo + CHUNK))
+            pl = place[idx]
+            images = render(rng, p_cls[pl], p_lat[pl], day_of_year[idx], recipes, band_idx, size)
+            for j, i in enumerate(idx):
+                writer.append(
+                    images[j],
+                    lat=p_lat[pl[j]],
+                    lon=p_lon[pl[j]],
+                    label=int(p_cls[pl[j]]),
+                    time=(start + timedelta(days=int(offsets[i]))).isoformat(),
+                    group=int(pl[j]) if dates > 1 else None,
+                )
+            bar.update(len(idx))
+        bar.close()
+    if split:
+        from .splits import add_split
+
+        add_split(out, "random", seed=seed, make_default=True)
+    return str(out)

@@ -1,0 +1,30 @@
+"""SimCLR (Chen et al., 2020): NT-Xent over in-batch negatives."""
+
+from __future__ import annotations
+
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+
+from ..registry import METHODS
+from .base import BaseMethod
+
+
+@METHODS.register("simclr", summary="SimCLR: NT-Xent with in-batch negatives (gathered across devices)")
+class SimCLR(BaseMethod):
+    """SimCLR. The regularizer sees the projection of the first view. Under DDP the
+    negatives of every device are gathered (lightly's ``gather_distributed``)."""
+
+    def __init__(self, backbone, *, proj_hidden_dim: int = 2048, proj_output_dim: int = 128,
+                 temperature: float = 0.1, **kwargs):
+        super().__init__(backbone, **kwargs)
+        self.projector = SimCLRProjectionHead(backbone.num_features, proj_hidden_dim, proj_output_dim)
+        self.criterion = NTXentLoss(temperature, gather_distributed=True)
+        self._out_dim = proj_output_dim
+
+    @property
+    def embed_dim(self) -> int:
+        return self._out_dim
+
+    def ssl_loss(self, views, batch):
+        z = [self.projector(self.backbone(v)) for v in views[:2]]
+        return self.criterion(z[0], z[1]), z[0], {}

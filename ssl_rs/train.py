@@ -1,0 +1,240 @@
+"""Pretraining: config -> data, backbone, views, method, regularizer -> Lightning Trainer ->
+shared k-NN evaluation -> ``results.json`` in the run directory.
+
+Run directory layout (``<output.dir>/<output.name>``)::
+
+    config.yaml          the full resolved config
+    checkpoints/         last.ckpt, best.ckpt (best online k-NN on the val split)
+    tb/                  TensorBoard logs (every loss term, lr, EMA momentum, online k-NN)
+    results.json         final k-NN (and linear) metrics per split scheme, timing
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Sampler
+
+from .config import check_args, to_dict
+from .errors import ConfigError, DataError
+
+CHECKPOINT_CONFIG_KEY = "ssl_rs_config"
+
+
+class SeededRandomSampler(Sampler[int]):
+    """A shuffling sampler whose order depends only on (seed, epoch), so a resumed run
+    visits the samples in the same order as an uninterrupted one (Lightning calls set_epoch)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _import_registries() -> None:
+    from . import augmentations, backbones, methods  # noqa: F401  (registration on import)
+    from .geo import regularizers  # noqa: F401
+
+
+def build(cfg: DictConfig) -> Dict[str, Any]:
+    """Build datasets, loaders and the method from a validated config."""
+    from .augmentations import Preprocess
+    from .data.dataset import GeoDataset
+    from .registry import AUGMENTATIONS, BACKBONES, METHODS, REGULARIZERS
+
+    _import_registries()
+    d = cfg.data
+    bands = list(d.bands) if d.bands else None
+    train_ds = GeoDataset(d.path, split="train", scheme=d.scheme, bands=bands)
+    if len(train_ds) < d.batch_size:
+        raise ConfigError(
+            f"data.batch_size: {d.batch_size} is larger than the {len(train_ds)} training samples of {d.path}"
+        )
+    method_entry = METHODS.get(cfg.method.name)
+    backbone_entry = BACKBONES.get(cfg.backbone.name)
+    aug_entry = AUGMENTATIONS.get(cfg.augmentation.name)
+    check_args("method", cfg.method.name, method_entry.factory.__init__, dict(cfg.method.args))
+    check_args("backbone", cfg.backbone.name, backbone_entry.factory, dict(cfg.backbone.args), reserved=("in_chans",))
+    check_args("augmentation", cfg.augmentation.name, aug_entry.factory, dict(cfg.augmentation.args),
+               reserved=("size", "mean", "std", "n_views", "seed"))
+    regularizer = None
+    if cfg.geo.name:
+        reg_entry = REGULARIZERS.get(cfg.geo.name)
+        check_args("geo", cfg.geo.name, reg_entry.factory, dict(cfg.geo.args))
+        regularizer = reg_entry.factory(**cfg.geo.args)
+        regularizer.check_needs(train_ds.keys, str(d.path))
+
+    size = cfg.augmentation.size or train_ds.size[0]
+    backbone = backbone_entry.factory(in_chans=train_ds.in_chans, **cfg.backbone.args)
+    aug_kwargs = dict(size=size, mean=train_ds.band_mean, std=train_ds.band_std, **cfg.augmentation.args)
+    n_views = getattr(method_entry.factory, "n_views", 2)
+    if n_views > 0:
+        aug_kwargs["n_views"] = n_views
+    augmentation = aug_entry.factory(**aug_kwargs)
+    o = cfg.optimizer
+    method = method_entry.factory(
+        backbone,
+        augmentation=augmentation,
+        regularizer=regularizer,
+        alpha=cfg.geo.alpha,
+        optimizer=o.name,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        scale_lr=o.scale_lr,
+        warmup_epochs=o.warmup_epochs,
+        min_lr=o.min_lr,
+        batch_size=d.batch_size,
+        seed=cfg.trainer.seed,
+        eval_preprocess=Preprocess(size, train_ds.band_mean, train_ds.band_std),
+        knn_k=cfg.eval.knn_k,
+        knn_temperature=cfg.eval.knn_temperature,
+        **cfg.method.args,
+    )
+    if regularizer is not None:
+        regularizer.setup(train_ds, method.embed_dim)
+    method.run_config = to_dict(cfg)
+    method.data_bands = list(train_ds.bands)
+
+    train_source = train_ds
+    if d.temporal_positives:
+        from .data.temporal import TemporalPositives
+
+        train_source = TemporalPositives(train_ds, seed=cfg.trainer.seed)
+    common = dict(num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
+                  pin_memory=torch.cuda.is_available())
+    if d.sampler == "geo_neighbors":
+        from .geo.samplers import GeoNeighborBatchSampler
+
+        batch_sampler = GeoNeighborBatchSampler(train_ds.lat, train_ds.lon, d.batch_size,
+                                                neighbor_km=d.neighbor_km, seed=cfg.trainer.seed)
+        train_loader = DataLoader(train_source, batch_sampler=batch_sampler, **common)
+    elif d.sampler is None:
+        train_loader = DataLoader(train_source, batch_size=d.batch_size, drop_last=True,
+                                  sampler=SeededRandomSampler(len(train_source), cfg.trainer.seed), **common)
+    else:
+        raise ConfigError(f"data.sampler: unknown sampler {d.sampler!r} (use geo_neighbors or leave it empty)")
+
+    val_loaders: List[DataLoader] = []
+    if cfg.trainer.knn_every_n_epochs > 0 and train_ds.target_key is not None:
+        try:
+            val_ds = GeoDataset(d.path, split="val", scheme=d.scheme, bands=bands)
+        except DataError:
+            val_ds = None  # no val split: monitoring is skipped, the final evaluation still runs
+        if val_ds is not None:
+            eval_common = dict(batch_size=max(d.batch_size, 256), shuffle=False, **common)
+            val_loaders = [DataLoader(train_ds, **eval_common), DataLoader(val_ds, **eval_common)]
+    return {"method": method, "train_loader": train_loader, "val_loaders": val_loaders, "train_dataset": train_ds}
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    name = cfg.output.name or (cfg.method.name + (f"_{cfg.geo.name}" if cfg.geo.name else ""))
+    return Path(cfg.output.dir) / name
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str]):
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    t = cfg.trainer
+    precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and t.accelerator != "cpu" else "32-true")
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
+                                 monitor=monitor, mode="max", save_top_k=1 if monitor else 0)]
+    callbacks.append(LearningRateMonitor(logging_interval="step"))
+    kwargs: Dict[str, Any] = dict(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=precision, log_every_n_steps=t.log_every_n_steps,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
+        callbacks=callbacks, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        check_val_every_n_epoch=max(1, t.knn_every_n_epochs), num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = t.limit_train_batches
+    return L.Trainer(**kwargs)
+
+
+def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool = True) -> Dict[str, Any]:
+    """Train, checkpoint, then score the backbone with the shared harness."""
+    import lightning as L
+
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    run_dir = run_dir_of(cfg)
+    if resume and not Path(resume).is_file():
+        raise ConfigError(f"--resume: checkpoint {resume} not found")
+    built = build(cfg)
+    method, train_ds = built["method"], built["train_dataset"]
+    monitor = None
+    if built["val_loaders"]:
+        monitor = "val/knn_ap_macro" if train_ds.multi_label else "val/knn_acc_macro"
+    trainer = make_trainer(cfg, run_dir, monitor)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    start = time.perf_counter()
+    trainer.fit(method, train_dataloaders=built["train_loader"],
+                val_dataloaders=built["val_loaders"] or None, ckpt_path=resume)
+    train_seconds = time.perf_counter() - start
+    result: Dict[str, Any] = {"run_dir": str(run_dir), "train_seconds": train_seconds,
+                              "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                              "config": to_dict(cfg)}
+    if evaluate_after and trainer.is_global_zero:
+        result["eval"] = evaluate_method(method, cfg, progress=cfg.trainer.progress_bar)
+        (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str, Any]:
+    """k-NN (and linear, if asked) on each requested split scheme, through the shared harness."""
+    from .evaluation.harness import evaluate
+
+    schemes = list(cfg.eval.schemes) if cfg.eval.schemes else [cfg.data.scheme]
+    protocols = ["knn"] + (["linear"] if cfg.eval.linear else [])
+    backbone = method.backbone
+    out = {}
+    for scheme in schemes:
+        res = evaluate(backbone, cfg.data.path, scheme=scheme, protocols=protocols,
+                       size=cfg.augmentation.size, bands=list(cfg.data.bands) if cfg.data.bands else None,
+                       batch_size=max(cfg.data.batch_size, 256), knn_k=cfg.eval.knn_k,
+                       knn_temperature=cfg.eval.knn_temperature, progress=progress, seed=cfg.trainer.seed)
+        out[res["scheme"] or "default"] = res
+    return out
+
+
+def load_backbone_from_checkpoint(path: str | os.PathLike) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Rebuild the backbone of a training checkpoint (``weights_only`` loading, no pickled code).
+
+    Returns the backbone (eval mode) and the run's config dict (with ``data_bands``).
+    """
+    from .backbones import create_backbone
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{p}: not a loadable ssl-rs checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or CHECKPOINT_CONFIG_KEY not in ckpt:
+        raise ConfigError(f"{p}: {CHECKPOINT_CONFIG_KEY}: not an ssl-rs training checkpoint")
+    cfg = ckpt[CHECKPOINT_CONFIG_KEY]
+    bands = ckpt.get("ssl_rs_bands") or []
+    backbone = create_backbone(cfg["backbone"]["name"], in_chans=len(bands), **cfg["backbone"]["args"])
+    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    backbone.load_state_dict(state)
+    return backbone.eval(), {**cfg, "data_bands": bands}
