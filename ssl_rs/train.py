@@ -12,8 +12,10 @@ Run directory layout (``<output.dir>/<output.name>``)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -146,19 +148,37 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.output.dir) / name
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str]):
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's useful lines (devices, checkpoints) and drop its adverts and the
+    deprecation noise of its own internals, which users cannot act on."""
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+            logger.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_per_epoch: Optional[int] = None):
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    _quiet_lightning()
     t = cfg.trainer
+    log_every = min(t.log_every_n_steps, steps_per_epoch) if steps_per_epoch else t.log_every_n_steps
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and t.accelerator != "cpu" else "32-true")
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
                                  monitor=monitor, mode="max", save_top_k=1 if monitor else 0)]
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     kwargs: Dict[str, Any] = dict(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=precision, log_every_n_steps=t.log_every_n_steps,
+        strategy=t.strategy, precision=precision, log_every_n_steps=max(1, log_every),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
         callbacks=callbacks, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
         check_val_every_n_epoch=max(1, t.knn_every_n_epochs), num_sanity_val_steps=0,
@@ -182,7 +202,7 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
     monitor = None
     if built["val_loaders"]:
         monitor = "val/knn_ap_macro" if train_ds.multi_label else "val/knn_acc_macro"
-    trainer = make_trainer(cfg, run_dir, monitor)
+    trainer = make_trainer(cfg, run_dir, monitor, steps_per_epoch=len(built["train_loader"]))
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")

@@ -45,6 +45,8 @@ MATERIALS: Dict[str, Sequence[float]] = {
     "snow": [0.90, 0.90, 0.88, 0.85, 0.83, 0.80, 0.78, 0.75, 0.74, 0.60, 0.050, 0.10, 0.08],
 }
 VEGETATION = {"forest", "crop", "grass"}
+# Relative path radiance of atmospheric haze per band (S2_BANDS order): falls with wavelength.
+HAZE = [1.0, 0.9, 0.7, 0.5, 0.4, 0.32, 0.27, 0.22, 0.21, 0.15, 0.0, 0.05, 0.03]
 TEXTURES = ("stripes", "blobs", "grid", "speckle")
 CHUNK = 256  # samples rendered at once; bounds memory for large n
 
@@ -94,6 +96,8 @@ def class_field(rng: np.random.Generator, num_classes: int, lat: np.ndarray, lon
 
 
 def _class_recipes(rng: np.random.Generator, num_classes: int):
+    """Each class mixes two materials (so classes overlap spectrally, as real land cover does),
+    with its own texture, mixing strength and a small spectral tint."""
     names = list(MATERIALS)
     recipes = []
     for k in range(num_classes):
@@ -105,7 +109,7 @@ def _class_recipes(rng: np.random.Generator, num_classes: int):
                 "main": main,
                 "second": second,
                 "texture": TEXTURES[k % len(TEXTURES)],
-                "mix": float(rng.uniform(0.2, 0.5)),
+                "mix": float(rng.uniform(0.3, 0.6)),
                 "tint": rng.normal(1.0, 0.05, len(S2_BANDS)),  # per-class spectral perturbation
                 "freq": float(rng.uniform(2.0, 6.0)),
             }
@@ -151,9 +155,18 @@ def render(
     main = main * (1 + np.where(veg, season, 0.0)[:, None] * green[None])
     texture = _textures(rng, n, size, recipes, cls) * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
     image = main[:, :, None, None] * (1 - texture[:, None]) + second[:, :, None, None] * texture[:, None]
+    # Clutter: a random material (any class's) over random blobs, so appearance alone is ambiguous.
+    names = list(MATERIALS)
+    clutter_spec = spectra.reshape(-1, len(S2_BANDS))[rng.integers(0, spectra.shape[0] * 2, n)]
+    coarse = torch.from_numpy(rng.random((n, 1, 4, 4)).astype(np.float32))
+    blobs = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
+    clutter = (blobs > rng.uniform(0.35, 0.9, (n, 1, 1))) * rng.uniform(0.5, 1.0, (n, 1, 1))
+    image = image * (1 - clutter[:, None]) + clutter_spec[:, :, None, None] * clutter[:, None]
     illumination = 0.7 + 0.3 * np.cos(np.radians(lat))  # lower sun at high latitudes
-    image = image * illumination[:, None, None, None] * rng.uniform(0.9, 1.1, (n, 1, 1, 1))
-    image = image + rng.normal(0, 0.01, image.shape)  # sensor noise
+    image = image * illumination[:, None, None, None] * rng.uniform(0.6, 1.4, (n, 1, 1, 1))
+    haze = rng.uniform(0.0, 0.06, (n, 1)) * np.array(HAZE)[None]  # scattering: strongest in the blue
+    image = image + haze[:, :, None, None]
+    image = image + rng.normal(0, 0.015, image.shape)  # sensor noise
     image = image[:, list(band_idx)]
     return np.clip(image * 10000.0, 0, 65535).astype(np.uint16)
 

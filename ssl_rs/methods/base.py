@@ -203,6 +203,14 @@ class BaseMethod(L.LightningModule):
             checkpoint["ssl_rs_config"] = self.run_config
             checkpoint["ssl_rs_bands"] = list(self.data_bands or [])
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning reaches set_epoch only through samplers; datasets with per-epoch choices
+        # (temporal positives) need it too, or every epoch would see the same pairs.
+        loader = self.trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
     def on_fit_start(self) -> None:
         if self.regularizer is not None and self.trainer.datamodule is None:
             loader = self.trainer.train_dataloader
@@ -217,6 +225,12 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def momentum_schedule(step: int, total: int, base_tau: float, final_tau: float = 1.0) -> float:
+    """EMA momentum: cosine from ``base_tau`` at step 0 to ``final_tau`` at step ``total``."""
+    progress = min(1.0, step / max(1, total))
+    return final_tau - (final_tau - base_tau) * (math.cos(math.pi * progress) + 1) / 2
 
 
 class BaseMomentumMethod(BaseMethod):
@@ -251,9 +265,8 @@ class BaseMomentumMethod(BaseMethod):
 
     @property
     def tau(self) -> float:
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        progress = min(1.0, self.global_step / total)
-        return self.final_tau - (self.final_tau - self.base_tau) * (math.cos(math.pi * progress) + 1) / 2
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        return momentum_schedule(self.global_step, total, self.base_tau, self.final_tau)
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -33,10 +33,13 @@ class DINO(BaseMomentumMethod):
         kwargs.setdefault("lr", 5e-4)
         kwargs.setdefault("weight_decay", 0.04)
         super().__init__(backbone, base_tau=base_tau, **kwargs)
-        self.head = DINOProjectionHead(backbone.num_features, hidden_dim, bottleneck_dim, output_dim,
-                                       freeze_last_layer=freeze_last_layer)
+        def make_head() -> DINOProjectionHead:
+            return DINOProjectionHead(backbone.num_features, hidden_dim, bottleneck_dim, output_dim,
+                                      freeze_last_layer=freeze_last_layer)
+
+        self.head = make_head()
         self.momentum_backbone = copy.deepcopy(backbone)
-        self.momentum_head = copy.deepcopy(self.head)
+        self.momentum_head = make_head()  # weight-normalised layers cannot be deep-copied; init_targets copies
         self.criterion = DINOLoss(output_dim, warmup_teacher_temp=warmup_teacher_temp, teacher_temp=teacher_temp,
                                   warmup_teacher_temp_epochs=warmup_teacher_temp_epochs, student_temp=student_temp,
                                   center_momentum=center_momentum)

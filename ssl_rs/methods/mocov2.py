@@ -51,6 +51,20 @@ class MoCoV2(BaseMomentumMethod):
     def target_prefixes(self):
         return ("momentum_",)
 
+    # lightly keeps the queue in non-persistent buffers; store it explicitly so a resumed run
+    # continues with the same negatives.
+    def on_save_checkpoint(self, checkpoint) -> None:
+        super().on_save_checkpoint(checkpoint)
+        bank = self.criterion.memory_bank
+        checkpoint["moco_queue"] = {"bank": bank.bank.detach().cpu(), "ptr": bank.bank_ptr.detach().cpu()}
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        queue = checkpoint.get("moco_queue")
+        if queue is not None:
+            bank = self.criterion.memory_bank
+            bank.bank.copy_(queue["bank"])
+            bank.bank_ptr.copy_(queue["ptr"])
+
     def ssl_loss(self, views, batch):
         q = [self.projector(self.backbone(v)) for v in views[:2]]
         with torch.no_grad():

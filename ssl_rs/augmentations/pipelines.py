@@ -1,0 +1,176 @@
+"""View pipelines: raw (B, C, H, W) batches in, a list of normalised augmented views out.
+
+Everything runs batched on the device the images are on; the per-band statistics are
+buffers, so ``pipeline.to(device)`` moves them (and kornia moves its parameter samplers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .transforms import CenterCropResize
+
+
+class BandNormalize(nn.Module):
+    """Cast to float32 and normalise each band: ``(x - mean[c]) / std[c]``.
+
+    ``owner`` names the pipeline in error messages.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], owner: str = "augmentation"):
+        super().__init__()
+        self.owner = owner
+        mean_t = torch.as_tensor([float(v) for v in mean], dtype=torch.float32)
+        std_t = torch.as_tensor([float(v) for v in std], dtype=torch.float32)
+        if mean_t.ndim != 1 or mean_t.numel() == 0:
+            raise ConfigError(f"{owner}: mean must list one value per band, got {list(mean)!r}")
+        if std_t.shape != mean_t.shape:
+            raise ConfigError(f"{owner}: mean has {mean_t.numel()} bands but std has {std_t.numel()}")
+        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all() and (std_t > 0).all()):
+            raise ConfigError(f"{owner}: mean must be finite and std finite and > 0, got std {std_t.tolist()}")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    @property
+    def bands(self) -> int:
+        return self.mean.shape[1]
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.ndim != 4:
+            raise ConfigError(f"{self.owner}: expects (B, C, H, W) images, got shape {tuple(images.shape)}")
+        if images.shape[1] != self.bands:
+            raise ConfigError(
+                f"{self.owner}: input has {images.shape[1]} bands but normalisation statistics have {self.bands}"
+            )
+        x = images.to(torch.float32)  # uint16 -> float32 happens here, on the images' device
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        # (x - mean) / std as one multiply-add over the batch (the per-band factors are tiny)
+        return torch.addcmul(-mean / std, x, 1.0 / std)
+
+
+def _call_seed(seed: int, call: int) -> int:
+    """A 63-bit seed for call number ``call`` of a pipeline seeded with ``seed`` (hashed, so
+    neighbouring seeds and calls give unrelated streams)."""
+    digest = hashlib.blake2b(f"{seed}:{call}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class ViewPipeline(nn.Module):
+    """``forward(images) -> [view_1, ..., view_n]``: normalise once, then run each view's transform.
+
+    Args:
+        name: the preset name, used in error messages.
+        mean, std: per-band normalisation statistics (the dataset's ``band_mean``/``band_std``).
+        views: one transform per view, mapping a normalised (B, C, H, W) batch to a
+            (B, C, size, size) view; the same module may appear several times (multi-crop's local
+            views), each call drawing fresh parameters for every sample.
+        sizes: the output side length of each view.
+        seed: ``None`` draws from the global torch RNG (so ``seed_everything`` or the caller's
+            ``fork_rng`` governs it); an int makes call number ``i`` of this pipeline draw from
+            a stream seeded by ``(seed, i)``, inside ``torch.random.fork_rng`` so the global RNG
+            state is left as it was.
+
+    Attributes:
+        n_views: number of views returned.
+        sizes: output size of each view.
+        calls: number of calls so far (the position in the seeded stream; set it to replay).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        views: Sequence[nn.Module],
+        sizes: Sequence[int],
+        seed: Optional[int] = None,
+    ):
+        super().__init__()
+        if len(views) == 0 or len(views) != len(sizes):
+            raise ConfigError(
+                f"augmentation {name!r}: needs one output size per view, got {len(views)} views and {len(sizes)} sizes"
+            )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise ConfigError(f"augmentation {name!r}: seed must be an integer or None, got {seed!r}")
+        self.name = name
+        self.normalize = BandNormalize(mean, std, owner=f"augmentation {name!r}")
+        # Keep each distinct module once (state_dict, .to()) and remember which one makes each view.
+        unique: List[nn.Module] = []
+        for view in views:
+            if not any(view is u for u in unique):
+                unique.append(view)
+        self.transforms = nn.ModuleList(unique)
+        self._plan = [next(i for i, u in enumerate(unique) if u is view) for view in views]
+        self.sizes = [int(s) for s in sizes]
+        self.n_views = len(self.sizes)
+        self.seed = None if seed is None else int(seed)
+        self.calls = 0
+
+    @property
+    def bands(self) -> int:
+        return self.normalize.bands
+
+    def _views(self, images: Tensor) -> List[Tensor]:
+        x = self.normalize(images)
+        return [self.transforms[i](x) for i in self._plan]
+
+    def forward(self, images: Tensor) -> List[Tensor]:
+        if self.seed is None:
+            return self._views(images)
+        call_seed = _call_seed(self.seed, self.calls)
+        self.calls += 1
+        # kornia samples on the device its modules were moved to; fork and seed that one and the
+        # images' one (plus the CPU, always forked by fork_rng).
+        cuda = sorted({d for d in (images.device, self.normalize.mean.device) if d.type == "cuda"}, key=str)
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(call_seed)
+            for device in cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(call_seed)
+            return self._views(images)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, n_views={self.n_views}, sizes={self.sizes}, seed={self.seed}"
+
+
+class Preprocess(nn.Module):
+    """Deterministic preprocessing for feature extraction: ``preprocess(images) -> (B, C, size, size)``.
+
+    float32, per-band normalisation, then optional centre crop (``crop_fraction`` of each side)
+    and a resize to ``size``; the same output as the single view of the ``eval`` preset.
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], crop_fraction: float = 1.0):
+        super().__init__()
+        check_size("preprocess", size)
+        self.normalize = BandNormalize(mean, std, owner="preprocess")
+        self.resize = CenterCropResize(size, crop_fraction)
+        self.size = int(size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.resize(self.normalize(images))
+
+
+def check_size(owner: str, size: int, name: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"{owner}: {name} must be a positive integer, got {size!r}")
+    return size
+
+
+def check_count(owner: str, name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_probability(owner: str, name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ConfigError(f"{owner}: {name} must be a probability in [0, 1], got {value!r}")
+    return float(value)

@@ -1,0 +1,73 @@
+"""EuroSAT-MS (Helber et al., 2019): 13-band 64x64 L1C GeoTIFFs in one folder per class.
+
+Accepted layouts: ``SRC/{train,val,test}/<Class>/*.tif`` (the folders give the official
+split) or the distribution's own ``SRC/<Class>/*.tif`` (no split stored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from tqdm import tqdm
+
+from ...errors import DataError
+from ..bands import S2_BANDS, band_indices
+from ..layout import H5Writer
+from .geotiff import open_geotiff, raster_center_latlon
+
+# Band order inside EuroSAT-MS files: B8A is stored LAST (after B12), not after B08.
+EUROSAT_FILE_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
+SPLIT_FOLDERS = ("train", "val", "test")
+GSD = 10.0
+TIF_SUFFIXES = (".tif", ".tiff")
+
+
+def find_eurosat_files(src: Path) -> List[Tuple[Path, str, Optional[str]]]:
+    """(file, class name, split or None) for every GeoTIFF, in a deterministic order."""
+    split_roots = [(src / s, s) for s in SPLIT_FOLDERS if (src / s).is_dir()]
+    roots = split_roots or [(src, None)]
+    found = []
+    for root, split in roots:
+        for entry in sorted(root.iterdir()):
+            if entry.is_file() and entry.suffix.lower() in TIF_SUFFIXES:
+                raise DataError(f"{entry}: label: GeoTIFF is not inside a class folder (expected {root}/<Class>/)")
+            if entry.is_dir():
+                for tif in sorted(p for p in entry.iterdir() if p.suffix.lower() in TIF_SUFFIXES):
+                    found.append((tif, entry.name, split))
+    if not found:
+        raise DataError(
+            f"{src}: files: no GeoTIFF files found (expected {src}/train/<Class>/*.tif and "
+            f"{src}/test/<Class>/*.tif, or {src}/<Class>/*.tif)"
+        )
+    return found
+
+
+def convert_eurosat(src: Path, out: Path, *, progress: bool = True) -> Path:
+    """Convert EuroSAT-MS to the ssl-rs layout: 13 bands in canonical order, single-label,
+    classes = sorted class folder names, ``split`` from train/val/test folders, ``name`` = file stem."""
+    files = find_eurosat_files(src)
+    class_names = sorted({cls for _, cls, _ in files})
+    file_positions = band_indices(EUROSAT_FILE_BANDS, S2_BANDS)  # position in the file of each S2_BANDS band
+    with open_geotiff(files[0][0]) as first:
+        size = (first.height, first.width)
+    with H5Writer(
+        out,
+        bands=S2_BANDS,
+        size=size,
+        gsd=GSD,
+        source=f"EuroSAT-MS (Helber et al., 2019), converted from {src}",
+        class_names=class_names,
+        attrs={"product": "L1C"},
+    ) as writer:
+        for path, cls, split in tqdm(files, desc="eurosat-ms", unit="sample", disable=None if progress else True):
+            with open_geotiff(path) as ds:
+                if ds.count != len(EUROSAT_FILE_BANDS):
+                    raise DataError(f"{path}: bands: expected {len(EUROSAT_FILE_BANDS)} bands, found {ds.count}")
+                if (ds.height, ds.width) != size:
+                    expected = f"expected {size[0]}x{size[1]} like {files[0][0].name}"
+                    raise DataError(f"{path}: size: {ds.height}x{ds.width} px, {expected}")
+                image = ds.read()[file_positions]  # reorder by name: B8A moves from last to after B08
+                lat, lon = raster_center_latlon(ds)
+            writer.append(image, lat=lat, lon=lon, label=class_names.index(cls), name=path.stem, split=split)
+    return Path(out)

@@ -1,0 +1,108 @@
+"""Major-TOM Core-S2L2A (Francis & Czerkawski, 2024): ~10 km grid cells of 1068x1068 px, one
+GeoTIFF per band at native resolution plus ``cloud_mask.tif``:
+``SRC/<row>/<cell>/<product id>/B01.tif`` (e.g. ``0U/0U_199R/S2A_MSIL2A_20220706T085611_.../``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from ...errors import ConfigError, DataError
+from ..bands import S2_BANDS_L2A
+from ..layout import H5Writer
+from .geotiff import band_files, check_aligned, open_geotiff, stack_bands
+
+GSD = 10.0
+BAND_PATTERN = "{band}.tif"  # Major-TOM names files B01.tif ... B8A.tif ... B12.tif
+CLOUD_MASK = "cloud_mask.tif"
+CELL = re.compile(r"^\d+[UD]_\d+[LR]$")  # grid cell name: row (Up/Down) _ column (Left/Right)
+PRODUCT = re.compile(r"^S2[A-D]_MSIL2A_(\d{4})(\d{2})(\d{2})T\d{6}_")  # Sentinel-2 product id
+
+
+def find_products(src: Path) -> List[Tuple[Path, str, str]]:
+    """(product folder, cell name, ISO date) for every folder holding GeoTIFFs, sorted."""
+    folders = sorted({tif.parent for tif in src.rglob("*.tif")})
+    if not folders:
+        raise DataError(f"{src}: files: no GeoTIFF files found (expected {src}/<row>/<cell>/<product id>/B02.tif)")
+    found, seen = [], {}
+    for folder in folders:
+        cell = folder.parent.name
+        if not CELL.match(cell):
+            raise DataError(f"{folder}: cell: parent folder {cell!r} is not a Major-TOM grid cell name like '0U_199R'")
+        if cell in seen:
+            raise DataError(f"{folder}: cell: second product for cell {cell} (already have {seen[cell]})")
+        seen[cell] = folder
+        m = PRODUCT.match(folder.name)
+        if m is None:
+            raise DataError(
+                f"{folder}: time: folder name is not a Sentinel-2 L2A product id (S2A_MSIL2A_YYYYMMDDThhmmss_...)"
+            )
+        found.append((folder, cell, f"{m[1]}-{m[2]}-{m[3]}"))
+    return found
+
+
+def cloud_fractions(folder: Path, grid, patch_size: int, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) fraction of flagged pixels per patch; any non-zero mask value counts as
+    cloud (the mask's classes - thick/thin cloud, shadow - are all unusable for pretraining)."""
+    path = folder / CLOUD_MASK
+    with open_geotiff(path) as ds:
+        check_aligned(ds, path, grid)
+        if (ds.height, ds.width) != (grid.height, grid.width):
+            raise DataError(f"{path}: size: {ds.height}x{ds.width} px, expected {grid.height}x{grid.width} like B02")
+        flagged = ds.read(1) != 0
+    flagged = flagged[: rows * patch_size, : cols * patch_size]
+    return flagged.reshape(rows, patch_size, cols, patch_size).mean(axis=(1, 3))
+
+
+def convert_major_tom(
+    src: Path, out: Path, *, patch_size: int = 128, max_cloud: float = 1.0, progress: bool = True
+) -> Path:
+    """Convert Major-TOM Core-S2L2A to the ssl-rs layout: each cell is cut into non-overlapping
+    ``patch_size`` patches (the partial border is dropped), 12 bands on the 10 m grid (bilinear),
+    each patch with its own centre lat/lon, ``time`` from the product id, ``name`` =
+    ``<cell>_<row>_<col>``. Patches whose cloud fraction exceeds ``max_cloud`` are skipped.
+    No ``group``: each place appears once; the cells are listed in the ``tiles`` attribute."""
+    if patch_size < 1:
+        raise ConfigError(f"major-tom: patch_size must be a positive number of pixels, got {patch_size}")
+    if not 0.0 <= max_cloud <= 1.0:
+        raise ConfigError(f"major-tom: max_cloud must be a fraction in [0, 1], got {max_cloud}")
+    products = find_products(src)
+    layouts = []  # per product: (rows, cols) of whole patches
+    for folder, cell, _ in products:
+        reference = band_files(folder, ["B02"], BAND_PATTERN)["B02"]
+        with open_geotiff(reference) as ds:
+            if min(ds.height, ds.width) < patch_size:
+                raise ConfigError(
+                    f"major-tom: patch_size {patch_size} is larger than {reference} ({ds.height}x{ds.width} px)"
+                )
+            layouts.append((ds.height // patch_size, ds.width // patch_size))
+    cells = [cell for _, cell, _ in products]
+    with H5Writer(
+        out,
+        bands=S2_BANDS_L2A,
+        size=(patch_size, patch_size),
+        gsd=GSD,
+        source=f"Major-TOM Core-S2L2A (Francis & Czerkawski, 2024), converted from {src}",
+        attrs={"product": "L2A", "tiles": cells, "patch_size": patch_size, "max_cloud": max_cloud},
+    ) as writer, tqdm(
+        total=sum(r * c for r, c in layouts), desc="major-tom", unit="patch", disable=None if progress else True
+    ) as bar:
+        for (folder, cell, day), (rows, cols) in zip(products, layouts):
+            files = band_files(folder, S2_BANDS_L2A, BAND_PATTERN)
+            image, grid = stack_bands(files, S2_BANDS_L2A, reference="B02")
+            clouds = cloud_fractions(folder, grid, patch_size, rows, cols) if max_cloud < 1.0 else None
+            # centre of patch (r, c) is at pixel position ((r + 0.5) * ps, (c + 0.5) * ps)
+            r_idx, c_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+            lat, lon = grid.latlon((r_idx + 0.5) * patch_size, (c_idx + 0.5) * patch_size)
+            for r in range(rows):
+                for c in range(cols):
+                    bar.update(1)
+                    if clouds is not None and clouds[r, c] > max_cloud:
+                        continue
+                    patch = image[:, r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size]
+                    writer.append(patch, lat=float(lat[r, c]), lon=float(lon[r, c]), time=day, name=f"{cell}_{r}_{c}")
+    return Path(out)

@@ -1,0 +1,105 @@
+"""The `ssl-rs` command: each subcommand end to end, and bad input -> one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from ssl_rs.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_synth_split_info(capsys, tmp_path):
+    path = tmp_path / "w.h5"
+    code, out, _ = run(capsys, "data", "synth", "-o", str(path), "--n", "60", "--size", "8", "--dates", "2")
+    assert code == 0 and "60 synthetic samples" in out
+    code, out, _ = run(capsys, "data", "split", str(path), "--scheme", "spatial-block", "--block-km", "300")
+    assert code == 0 and "splits/spatial-block" in out
+    code, out, _ = run(capsys, "data", "info", str(path), "--json")
+    info = json.loads(out)
+    assert info["n"] == 60 and info["size"] == [8, 8] and len(info["bands"]) == 12
+    assert set(info["splits"]) == {"random", "spatial-block"} and info["groups"] == 30
+    for key in ("classes", "lat_range", "lon_range"):
+        assert key in info
+    code, out, _ = run(capsys, "data", "info", str(path))
+    assert code == 0 and "split     random (default)" in out
+
+
+def test_list(capsys):
+    code, out, _ = run(capsys, "list", "backbones")
+    assert code == 0 and "resnet18" in out and "tiny_cnn" in out and "vit_small" in out
+    code, out, _ = run(capsys, "list")
+    for name in ("geometric", "standard", "multicrop", "mocov2", "dino", "georank", "tile2vec", "eurosat-ms"):
+        assert name in out
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear"])
+def test_eval_random_backbone(capsys, tiny_world, tmp_path, protocol):
+    out_json = tmp_path / "r.json"
+    code, out, err = run(capsys, "eval", protocol, "--backbone", "tiny_cnn", "--data", str(tiny_world),
+                         "--json", str(out_json), "--epochs", "5")
+    assert code == 0, err
+    result = json.loads(out_json.read_text())
+    metrics = result["metrics"][protocol]
+    assert 0 <= metrics["acc_macro"] <= 100 and result["n_train"] == 84 and result["n_test"] == 24
+    assert "acc_macro" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "info", "{tmp}/missing.h5"], "missing.h5: file not found"),
+        (["data", "info", "{tmp}/junk.h5"], "junk.h5: not an HDF5 file"),
+        (["eval", "knn", "--backbone", "resnet1", "--data", "{world}"], "unknown backbone 'resnet1'; did you mean 'resnet18'?"),
+        (["eval", "knn", "--backbone", "tiny_cnn", "--data", "{world}", "--bands", "B02,B03", "--backbone-args", "{{}}",
+          "--scheme", "nope"], "splits/nope: split scheme not found"),
+        (["data", "convert", "eurosat", "{tmp}", "-o", "{tmp}/x.h5"], "did you mean 'eurosat-ms'?"),
+        (["data", "convert", "eurosat-ms", "{tmp}/nowhere", "-o", "{tmp}/x.h5"], "nowhere"),
+        (["data", "synth", "-o", "{tmp}/s.h5", "--n", "10", "--dates", "3"], "--dates must be >= 1 and divide --n"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, tmp_path, tiny_world, argv, message):
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    argv = [a.format(tmp=tmp_path, world=tiny_world) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("ssl-rs: error: ") and err.count("\n") == 1 and message in err
+    assert "Traceback" not in err
+
+
+def test_band_mismatch_with_model(tmp_path, tiny_world):
+    from ssl_rs.backbones import create_backbone
+    from ssl_rs.errors import DataError
+    from ssl_rs.evaluation.harness import evaluate
+
+    model = create_backbone("tiny_cnn", in_chans=13)
+    with pytest.raises(DataError, match=r"bands: the data has 12 bands \(B01.*\) but backbone 'tiny_cnn' expects 13"):
+        evaluate(model, tiny_world, progress=False)
+
+
+def test_console_script_entry_point(tiny_world):
+    proc = subprocess.run([sys.executable, "-m", "ssl_rs.cli", "data", "info", str(tiny_world), "--json"],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout)["n"] == 120
+
+
+def test_convert_eurosat_cli(capsys, shared_data, tmp_path):
+    out = tmp_path / "eurosat.h5"
+    code, stdout, err = run(capsys, "data", "convert", "eurosat-ms", str(shared_data / "eurosat_ms_subset"), "-o", str(out))
+    assert code == 0, err
+    code, stdout, _ = run(capsys, "data", "info", str(out), "--json")
+    info = json.loads(stdout)
+    assert info["n"] == 270 and len(info["bands"]) == 13 and len(info["classes"]) == 10
+    assert 34 <= info["lat_range"][0] and info["lat_range"][1] <= 66
+    assert -10 <= info["lon_range"][0] and info["lon_range"][1] <= 34
+    with h5py.File(out) as f:
+        assert list(f.attrs["bands"])[7:9] == ["B08", "B8A"]
