@@ -99,6 +99,7 @@ class EvalConfig:
 class OutputConfig:
     dir: str = "runs"
     name: Optional[str] = None  # default: <method>[_<regularizer>]
+    overwrite: bool = False  # replace an existing run's checkpoints instead of refusing
 
 
 @dataclass

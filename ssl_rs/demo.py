@@ -49,7 +49,7 @@ def run_demo(out: Path, n: int = 2000, size: int = 32, epochs: int = 10, seed: i
         print(f"[3/4] pretraining {name} ({epochs} epochs)", flush=True)
         cfg = load_config(CONFIGS / f"{name}.yaml", [
             f"data.path={world}", f"output.dir={out / 'runs'}", f"trainer.max_epochs={epochs}",
-            f"trainer.seed={seed}", f"trainer.progress_bar={progress}", *extra,
+            f"trainer.seed={seed}", f"trainer.progress_bar={progress}", "output.overwrite=true", *extra,
         ])
         result = pretrain(cfg)
         row = {"method": name.replace("_", " + "), "train_s": result["train_seconds"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -173,8 +174,14 @@ def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_p
     t = cfg.trainer
     log_every = min(t.log_every_n_steps, steps_per_epoch) if steps_per_epoch else t.log_every_n_steps
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and t.accelerator != "cpu" else "32-true")
-    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", save_last=True,
-                                 monitor=monitor, mode="max", save_top_k=1 if monitor else 0)]
+    ckpt_dir = run_dir / "checkpoints"
+    # Lightning saves `save_last` only together with a top-k checkpoint, so "last" is its own
+    # callback, written at the end of every epoch (what --resume needs).
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                 save_on_train_epoch_end=True, enable_version_counter=False)]
+    if monitor:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max",
+                                         save_top_k=1, enable_version_counter=False))
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     kwargs: Dict[str, Any] = dict(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -197,6 +204,13 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
     run_dir = run_dir_of(cfg)
     if resume and not Path(resume).is_file():
         raise ConfigError(f"--resume: checkpoint {resume} not found")
+    if not resume and not cfg.output.overwrite and (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(
+            f"{run_dir}: a run already exists there; continue it with --resume {run_dir}/checkpoints/last.ckpt, "
+            "or choose output.name=... or output.overwrite=true"
+        )
+    if not resume and cfg.output.overwrite and os.environ.get("LOCAL_RANK", "0") == "0":
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # no stale best.ckpt from an older run
     built = build(cfg)
     method, train_ds = built["method"], built["train_dataset"]
     monitor = None

@@ -121,6 +121,11 @@ class ViewPipeline(nn.Module):
         x = self.normalize(images)
         return [self.transforms[i](x) for i in self._plan]
 
+    def view(self, images: Tensor, index: int) -> Tensor:
+        """Only view ``index`` (e.g. the second view made from a temporal positive), from the
+        current RNG state."""
+        return self.transforms[self._plan[index]](self.normalize(images))
+
     def forward(self, images: Tensor) -> List[Tensor]:
         if self.seed is None:
             return self._views(images)

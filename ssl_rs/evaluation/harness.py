@@ -59,7 +59,7 @@ def evaluate(
     test = GeoDataset(data, split=eval_split, scheme=scheme, bands=bands)
     if train.target_key is None:
         raise ConfigError(f"{data}: label/labels: the file has no labels to evaluate against")
-    name = backbone if isinstance(backbone, str) else type(backbone).__name__
+    name = backbone if isinstance(backbone, str) else getattr(backbone, "name", type(backbone).__name__)
     if isinstance(backbone, str):
         from ..backbones import create_backbone
 

@@ -24,18 +24,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
 from .base import GeoRegularizer
-
-EARTH_RADIUS_KM = 6371.0088  # mean Earth radius (IUGG)
-
-
-def _haversine_km_matrix(lat: Tensor, lon: Tensor) -> Tensor:
-    """(B, B) great-circle distances in km between all pairs; lat/lon in degrees."""
-    la, lo = torch.deg2rad(lat), torch.deg2rad(lon)
-    dlat = la[:, None] - la[None, :]
-    dlon = lo[:, None] - lo[None, :]
-    a = torch.sin(dlat / 2) ** 2 + torch.cos(la)[:, None] * torch.cos(la)[None, :] * torch.sin(dlon / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(a.clamp(0.0, 1.0)))
-
+from .distances import pairwise_haversine_km
 
 def _random_member(mask: Tensor) -> Tensor:
     """For each row, a uniformly random column where ``mask`` is True (arbitrary where none is):
@@ -73,7 +62,7 @@ class Tile2VecTriplets(GeoRegularizer):
     def forward(self, z: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         lat = batch["lat"].to(z.device)
         lon = batch["lon"].to(z.device)
-        dist = _haversine_km_matrix(lat, lon)
+        dist = pairwise_haversine_km(lat, lon)
         not_self = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
         near = (dist <= self.neighbor_km) & not_self
         far = dist > self.distant_km

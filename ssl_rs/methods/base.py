@@ -101,10 +101,10 @@ class BaseMethod(L.LightningModule):
         another date of the same place) the second view is made from that image instead."""
         if self.augmentation is None:
             raise ConfigError(f"{type(self).__name__} has no augmentation pipeline to make views with")
-        views = list(self.augmentation(batch["image"]))
-        if "image_positive" in batch:
-            views[1:2] = [self.augmentation(batch["image_positive"])[1]]
-        return views
+        if "image_positive" not in batch:
+            return list(self.augmentation(batch["image"]))
+        sources = [batch["image"], batch["image_positive"]]
+        return [self.augmentation.view(sources[i == 1], i) for i in range(self.augmentation.n_views)]
 
     # -- training -----------------------------------------------------------------------
     def _step_seed(self) -> int:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ssl_rs.errors import ConfigError
-from ssl_rs.geo.tile2vec import Tile2VecTriplets, _haversine_km_matrix
+from ssl_rs.geo.distances import pairwise_haversine_km
+from ssl_rs.geo.tile2vec import Tile2VecTriplets
 from ssl_rs.registry import REGULARIZERS
 
 # P0 (0, 0); P1 ~10 km east of P0; P2 ~33 km east of P0 and ~23 km of P1 (neither near nor far
@@ -25,7 +26,7 @@ def _batch(lat, lon):
 
 
 def test_haversine_matrix():
-    d = _haversine_km_matrix(*_batch(LAT, LON).values())
+    d = pairwise_haversine_km(*_batch(LAT, LON).values())
     assert d[0, 1].item() == pytest.approx(10.008, abs=0.01)  # 0.09 deg of the equator
     assert d[0, 2].item() == pytest.approx(33.36, abs=0.01)
     assert d[0, 3].item() == pytest.approx(1111.95, abs=0.1)

@@ -179,3 +179,14 @@ def test_temporal_positives_with_ayush(tmp_path):
     assert "image_positive" in batch and not torch.equal(batch["image"], batch["image_positive"])
     result = pretrain(cfg, evaluate_after=False)
     assert result["steps"] >= 2
+
+
+def test_existing_run_is_not_overwritten_silently(tiny_world, tmp_path):
+    from ssl_rs.errors import ConfigError
+
+    cfg = config(tiny_world, tmp_path, "simclr", None)
+    pretrain(cfg, evaluate_after=False)
+    with pytest.raises(ConfigError, match="a run already exists there; continue it with --resume"):
+        pretrain(cfg, evaluate_after=False)
+    cfg.output.overwrite = True
+    assert pretrain(cfg, evaluate_after=False)["epochs"] == 1
