@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
         p.add_argument("--json", help="also write the result to this JSON file")
         p.set_defaults(func=cmd_eval)
+
+    from .zoo.cli import add_zoo_parser
+    add_zoo_parser(sub)
     return parser
 
 

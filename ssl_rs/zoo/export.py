@@ -1,0 +1,232 @@
+"""Turn a training run into a release: backbone-only safetensors, a model card, the registry entry.
+
+``export_run(RUN_DIR, OUT_DIR)`` reads ``config.yaml``, ``checkpoints/best.ckpt`` (else
+``last.ckpt``, loaded with ``weights_only=True``) and ``results.json``, and writes::
+
+    OUT_DIR/<name>.safetensors   backbone state dict + metadata (backbone, bands, normalisation, size)
+    OUT_DIR/MODEL_CARD.md        config, data, metrics, the command that reproduces the run
+    OUT_DIR/config.yaml          the run's resolved config (what the reproduce command reads)
+    OUT_DIR/entry.py             the WeightsEntry to paste into ssl_rs/zoo/entries.py, with sha256 and size
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from .. import __version__
+from ..errors import DataError
+from .loading import SAFETENSORS_FORMAT
+from .weights import WeightsEntry
+
+
+def _read_run(run_dir: Path, checkpoint: Optional[str]):
+    from omegaconf import OmegaConf
+
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise DataError(f"{run_dir}: config.yaml not found (not an ssl-rs run directory)")
+    cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+    names = [checkpoint] if checkpoint else ["best", "last"]
+    ckpt_file = next((run_dir / "checkpoints" / f"{n}.ckpt" for n in names
+                      if (run_dir / "checkpoints" / f"{n}.ckpt").is_file()), None)
+    if ckpt_file is None:
+        raise DataError(f"{run_dir}/checkpoints: no {' or '.join(f'{n}.ckpt' for n in names)}")
+    try:
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{ckpt_file}: not a loadable checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DataError(f"{ckpt_file}: state_dict: not a Lightning checkpoint")
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    return cfg, ckpt_file, ckpt, results
+
+
+def _flat_metrics(results: Dict[str, Any]) -> Dict[str, float]:
+    """{"<scheme>/<protocol>_<metric>": value} from results.json's ``eval``."""
+    out = {}
+    for scheme, res in (results.get("eval") or {}).items():
+        for protocol, metrics in res.get("metrics", {}).items():
+            for metric, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    out[f"{scheme}/{protocol}_{metric}"] = round(float(value), 4)
+    return out
+
+
+def _data_facts(cfg: Dict[str, Any], bands) -> Dict[str, Any]:
+    """Normalisation and size of the training data, read from its file when it is still there."""
+    data = cfg.get("data", {})
+    path = data.get("path")
+    facts: Dict[str, Any] = {"path": path, "normalization": None, "size": None, "n": None}
+    if path and Path(path).is_file():
+        from ..data.dataset import GeoDataset
+
+        try:
+            ds = GeoDataset(path, bands=bands)
+        except DataError:
+            return facts
+        facts.update(normalization={"type": "standardize", "mean": ds.band_mean, "std": ds.band_std},
+                     size=ds.size[0], n=len(ds))
+    return facts
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_run(
+    run_dir: Union[str, os.PathLike],
+    out_dir: Union[str, os.PathLike],
+    *,
+    name: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    url: Optional[str] = None,
+    license: str = "unspecified",
+) -> Dict[str, Any]:
+    """Export one run; returns the written paths and the :class:`WeightsEntry`.
+
+    ``checkpoint``: "best" or "last" (default: best if present). ``url``: where the file will be
+    published; until then the entry points at the exported file (``file://``), so it loads as is.
+    """
+    from safetensors.torch import save_file
+
+    run = Path(run_dir)
+    out = Path(out_dir)
+    cfg, ckpt_file, ckpt, results = _read_run(run, checkpoint)
+    bands = list(ckpt.get("ssl_rs_bands") or [])
+    if not bands:
+        raise DataError(f"{ckpt_file}: ssl_rs_bands: the checkpoint does not record its bands")
+    state = {"model." + k[len("backbone.model."):]: v.detach().cpu().contiguous().clone()
+             for k, v in ckpt["state_dict"].items() if k.startswith("backbone.model.")}
+    if not state:
+        raise DataError(f"{ckpt_file}: state_dict: no backbone.* weights")
+    backbone = cfg["backbone"]["name"]
+    backbone_args = dict(cfg["backbone"].get("args") or {})
+    method = cfg["method"]["name"]
+    regularizer = (cfg.get("geo") or {}).get("name")
+    facts = _data_facts(cfg, bands)
+    image_size = (cfg.get("augmentation") or {}).get("size") or facts["size"]
+    name = name or f"{backbone}_{run.name}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise DataError(f"--name: {name!r} must be letters, digits, '_', '.', '-'")
+
+    out.mkdir(parents=True, exist_ok=True)
+    weights_file = out / f"{name}.safetensors"
+    metadata = {
+        "format": SAFETENSORS_FORMAT, "ssl_rs_version": __version__, "name": name,
+        "backbone": backbone, "backbone_args": json.dumps(backbone_args), "bands": json.dumps(bands),
+        "normalization": json.dumps(facts["normalization"]), "image_size": json.dumps(image_size),
+        "method": method, "regularizer": json.dumps(regularizer), "checkpoint": ckpt_file.name,
+    }
+    tmp = weights_file.with_name(weights_file.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, weights_file)
+    sha256, size = _sha256(weights_file), weights_file.stat().st_size
+
+    data_text = f"{facts['path']}" + (f" ({facts['n']} samples, {len(bands)} bands)" if facts["n"] else "")
+    entry = WeightsEntry(
+        name=name, url=url or weights_file.resolve().as_uri(), sha256=sha256, size=size,
+        backbone=backbone, backbone_args=backbone_args, bands=tuple(bands), method=method,
+        regularizer=regularizer, pretraining_data=data_text,
+        normalization=facts["normalization"] or {"type": "unknown", "note": "training data file not found"},
+        image_size=int(image_size) if image_size else 0, license=license, key_layout="ssl_rs",
+        metrics=_flat_metrics(results), source=f"ssl-rs {__version__} run {run.name}",
+        summary=f"{backbone} {method}" + (f" + {regularizer}" if regularizer else "") + f" on {Path(str(facts['path'])).name}",
+    )
+    shutil.copyfile(run / "config.yaml", out / "config.yaml")
+    (out / "entry.py").write_text(entry_source(entry))
+    (out / "MODEL_CARD.md").write_text(model_card(entry, cfg, results, ckpt_file))
+    return {"weights": weights_file, "model_card": out / "MODEL_CARD.md", "entry_file": out / "entry.py",
+            "config": out / "config.yaml", "entry": entry}
+
+
+def entry_source(entry: WeightsEntry) -> str:
+    """Python source registering ``entry``, ready to paste into ``ssl_rs/zoo/entries.py``."""
+    fields = entry.as_dict()
+    fields.pop("in_chans")
+    fields["bands"] = tuple(fields["bands"])
+    lines = [f"    {k}={v!r}," for k, v in fields.items()]
+    return (
+        "# Registry entry for ssl_rs/zoo/entries.py. Upload the .safetensors file first and set `url`\n"
+        "# to its public address; sha256 and size are those of the exported file.\n"
+        "from ssl_rs.zoo.weights import ZOO, WeightsEntry\n\n"
+        "ZOO.register(WeightsEntry(\n" + "\n".join(lines) + "\n))\n"
+    )
+
+
+def model_card(entry: WeightsEntry, cfg: Dict[str, Any], results: Dict[str, Any], ckpt_file: Path) -> str:
+    import yaml
+
+    norm = entry.normalization
+    if norm.get("type") == "standardize":
+        norm_text = "per-band (x - mean) / std, with\n\n" + "\n".join(
+            f"  - {b}: mean {m:.2f}, std {s:.2f}" for b, m, s in zip(entry.bands, norm["mean"], norm["std"]))
+    else:
+        norm_text = json.dumps(dict(norm))
+    metric_rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in entry.metrics.items()) or "| (no results.json) | |"
+    timing = ""
+    if results:
+        timing = (f"Trained {results.get('epochs')} epochs ({results.get('steps')} steps) in "
+                  f"{results.get('train_seconds', 0):.0f} s; exported from `{ckpt_file.name}`.")
+    return f"""# {entry.name}
+
+{entry.summary}.
+
+| field | value |
+| --- | --- |
+| file | `{entry.filename}` |
+| sha256 | `{entry.sha256}` |
+| size | {entry.size} bytes |
+| backbone | `{entry.backbone}` {json.dumps(dict(entry.backbone_args))} |
+| input bands ({entry.in_chans}) | {', '.join(entry.bands)} |
+| method | {entry.method} |
+| geo regularizer | {entry.regularizer or 'none'} |
+| pretraining data | {entry.pretraining_data} |
+| image size | {entry.image_size} px |
+| licence | {entry.license} |
+| ssl-rs | {__version__} |
+
+## Input normalisation
+
+{norm_text}
+
+## Metrics (ssl-rs harness, percent)
+
+| scheme/metric | value |
+| --- | --- |
+{metric_rows}
+
+{timing}
+
+## Use
+
+```python
+from ssl_rs.zoo import load_backbone
+backbone = load_backbone("{entry.filename}")   # or the registered name once published
+```
+
+## Reproduce
+
+```bash
+ssl-rs pretrain -c config.yaml        # the run's resolved config, shipped next to this card
+ssl-rs zoo export {cfg.get('output', {}).get('dir', 'runs')}/{ckpt_file.parent.parent.name} -o OUT_DIR
+```
+
+## Config
+
+```yaml
+{yaml.safe_dump(cfg, sort_keys=False).rstrip()}
+```
+"""

@@ -1,0 +1,119 @@
+"""Weights entries: what a pretrained checkpoint is, where it lives and how to check it.
+
+Like torchgeo's ``WeightsEnum`` with one difference that matters: every entry carries the
+file's sha256 and size, and :func:`ssl_rs.zoo.download` refuses a file that does not match.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from ..errors import ConfigError
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# Key layouts a weights file may use; load_backbone maps each onto our Backbone (``model.<timm keys>``).
+KEY_LAYOUTS = ("ssl_rs", "timm")
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One pretrained checkpoint.
+
+    ``sha256=None`` means no verified hash is known: downloading then needs an explicit
+    ``sha256=`` from the user or ``allow_unverified=True``. ``metrics`` are the numbers the
+    weights reached in the ssl-rs harness (empty when not measured yet); numbers published
+    elsewhere go to ``published_metrics`` with their source.
+    """
+
+    name: str
+    url: str
+    sha256: Optional[str]
+    size: Optional[int]  # bytes
+    backbone: str
+    bands: Tuple[str, ...]
+    method: str
+    pretraining_data: str
+    normalization: Mapping[str, Any]
+    image_size: int
+    license: str
+    backbone_args: Mapping[str, Any] = field(default_factory=dict)
+    regularizer: Optional[str] = None
+    key_layout: str = "ssl_rs"
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    published_metrics: Mapping[str, float] = field(default_factory=dict)
+    source: str = ""
+    sha256_source: str = ""
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if self.sha256 is not None and not SHA256_RE.match(self.sha256):
+            raise ValueError(f"weights {self.name!r}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        if self.key_layout not in KEY_LAYOUTS:
+            raise ValueError(f"weights {self.name!r}: key_layout must be one of {KEY_LAYOUTS}")
+        object.__setattr__(self, "bands", tuple(self.bands))
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.bands)
+
+    @property
+    def verified(self) -> bool:
+        return self.sha256 is not None
+
+    @property
+    def filename(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "name": self.name, "url": self.url, "sha256": self.sha256, "size": self.size,
+            "backbone": self.backbone, "backbone_args": dict(self.backbone_args), "in_chans": self.in_chans,
+            "bands": list(self.bands), "method": self.method, "regularizer": self.regularizer,
+            "pretraining_data": self.pretraining_data, "normalization": dict(self.normalization),
+            "image_size": self.image_size, "license": self.license, "key_layout": self.key_layout,
+            "metrics": dict(self.metrics), "published_metrics": dict(self.published_metrics),
+            "source": self.source, "sha256_source": self.sha256_source, "summary": self.summary,
+        }
+
+
+class WeightsZoo:
+    """Name -> :class:`WeightsEntry`; unknown names suggest the closest one (like ``Registry``)."""
+
+    def __init__(self) -> None:
+        self._entries: Dict[str, WeightsEntry] = {}
+
+    def register(self, entry: WeightsEntry) -> WeightsEntry:
+        if entry.name in self._entries:
+            raise ValueError(f"weights {entry.name!r} are registered twice")
+        self._entries[entry.name] = entry
+        return entry
+
+    def get(self, name: str) -> WeightsEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._entries, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown weights {name!r}{hint} (see `ssl-rs zoo list`)") from None
+
+    def names(self) -> List[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> List[WeightsEntry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+ZOO = WeightsZoo()
