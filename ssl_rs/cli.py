@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .zoo.cli import add_zoo_parser
     add_zoo_parser(sub)
+    from .bench.cli import add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 

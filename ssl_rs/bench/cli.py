@@ -1,0 +1,39 @@
+"""``ssl-rs bench``: run a benchmark suite, then report it."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_bench_run(args: argparse.Namespace) -> int:
+    from .runner import run_suite
+
+    summary = run_suite(args.suite, args.out, dry_run=args.dry_run, max_cells=args.max_cells)
+    if not args.dry_run and summary["left"] == 0:
+        print(f"all {summary['total']} cells finished; next: ssl-rs bench report {summary['out']}")
+    return 0
+
+
+def cmd_bench_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    report(args.dir, embedding=args.embedding)
+    return 0
+
+
+def add_bench_parser(subparsers) -> None:
+    """Add ``bench run`` and ``bench report`` to the ``ssl-rs`` command."""
+    bench = subparsers.add_parser("bench", help="run benchmark suites (method x augmentation x size x seed) and report")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+
+    p = bsub.add_parser("run", help="pretrain + evaluate every unfinished cell of a suite (resumable)")
+    p.add_argument("suite", help="suite YAML (benchmarks/suites/<name>.yaml)")
+    p.add_argument("--out", help="output directory (default bench_out/<suite name>)")
+    p.add_argument("--dry-run", action="store_true", help="validate the suite and list its cells; run nothing")
+    p.add_argument("--max-cells", type=int, help="stop after running this many cells (the rest run next time)")
+    p.set_defaults(func=cmd_bench_run)
+
+    p = bsub.add_parser("report", help="write results.md and PNG plots from a run's results.csv")
+    p.add_argument("dir", help="the output directory of `ssl-rs bench run`")
+    p.add_argument("--embedding", choices=["tsne", "pca"], help="2-D embedding method (default: the suite's, tsne)")
+    p.set_defaults(func=cmd_bench_report)

@@ -1,0 +1,349 @@
+"""``ssl-rs bench run``: pretrain and evaluate every cell of a suite, resumably.
+
+Output directory::
+
+    suite.yaml       copy of the suite that was run (the report reads its studies)
+    cells.json       the suite's cells: id, label, axis values, run dir (the report's index)
+    data/            datasets the runner synthesised or converted (named by a hash of their spec)
+    runs/<name>/     one pretraining run per cell: config.yaml, checkpoints/, tb/ (TensorBoard)
+    results.csv      one row per (cell, eval dataset, split scheme, protocol), appended and
+                     fsynced after each cell; a cell whose id is here is never run again
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError
+from .suite import Cell, DataSpec, Suite, load_suite, short_hash
+
+KEY_COLUMNS = ["suite", "cell_id", "cell", "method", "regularizer", "augmentation", "subset", "n_train",
+               "image_size", "seed", "eval_data", "scheme", "protocol"]
+TAIL_COLUMNS = ["n_eval_train", "n_eval_test", "train_seconds", "cell_seconds", "epochs", "run_dir", "finished_at"]
+
+
+# ----------------------------------------------------------------------------- results.csv
+def read_results(path: Path) -> List[Dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_results(path: Path, rows: List[Dict[str, Any]]) -> None:
+    """Append rows and fsync, so a kill after this call never loses a finished cell.
+
+    The header is the union of the columns seen so far; when a new metric column appears
+    (e.g. a multi-label dataset joins) the file is rewritten atomically with the wider header.
+    """
+    existing_header: List[str] = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            existing_header = next(csv.reader(f), [])
+    metrics = sorted({k for r in rows for k in r} - set(KEY_COLUMNS) - set(TAIL_COLUMNS)
+                     | (set(existing_header) - set(KEY_COLUMNS) - set(TAIL_COLUMNS)))
+    header = KEY_COLUMNS + metrics + TAIL_COLUMNS
+    if existing_header and existing_header == header:
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, header).writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        return
+    old = read_results(path)
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, header)
+        writer.writeheader()
+        writer.writerows(old + rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- data
+def prepare_dataset(spec: DataSpec, out: Path, label: str, progress: bool = False) -> Path:
+    """Synthesise / convert (once; the file name hashes the spec) and add the missing splits."""
+    params = dict(spec.params)
+    if spec.kind == "path":
+        path = Path(params["path"])
+        if not path.is_file():
+            raise ConfigError(f"data.path: {path} not found")
+    else:
+        path = out / "data" / spec.file_name(label)
+        if not path.is_file():  # writers are atomic: an existing file is complete
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if spec.kind == "synth":
+                from ..data.synth import synthesize
+
+                synthesize(path, n=params["n"], size=params["size"], seed=params["seed"], dates=params["dates"],
+                           num_classes=params["classes"], progress=progress)
+            else:
+                from ..data.converters import convert
+
+                convert(params["format"], params["src"], path)
+    for split in spec.splits:
+        _ensure_split(path, dict(split))
+    return path
+
+
+def _ensure_split(path: Path, split: Dict[str, Any]) -> None:
+    from ..data.layout import open_h5
+    from ..data.splits import add_split
+
+    name = split.get("name") or split["scheme"]
+    wanted = {"scheme": split["scheme"], "seed": int(split.get("seed", 0))}
+    if split["scheme"] == "spatial-block":
+        wanted["block_km"] = float(split.get("block_km", 100.0))
+    with open_h5(path) as f:
+        if "splits" in f and name in f["splits"]:
+            attrs = f["splits"][name].attrs
+            have = {k: (attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]) for k in wanted if k in attrs}
+            if have == wanted:
+                return
+    add_split(path, split["scheme"], name=name, seed=wanted["seed"], block_km=wanted.get("block_km", 100.0),
+              fractions=split.get("fractions", (0.7, 0.1, 0.2)))
+
+
+def subset_scheme_name(base: Optional[str], value: float, seed: int) -> str:
+    return f"bench-subset-{base or 'default'}-{value:g}-s{seed}"
+
+
+def write_subset_split(path: Path, base: Optional[str], value: float, seed: int) -> Tuple[str, int]:
+    """Add a split scheme whose train part is a random subset of ``base``'s train part.
+
+    ``value`` is a fraction (<= 1) or a count. Val and test stay as in ``base``, so every subset
+    is evaluated on the same samples; the subsets of one seed are nested (one permutation, cut
+    at each size), as in a cardinality study.
+    """
+    from ..data.layout import SPLIT_CODES, open_h5, read_split, write_split
+
+    name = subset_scheme_name(base, value, seed)
+    with open_h5(path, "r+") as f:
+        codes = read_split(f, base).astype(np.uint8).copy()
+        train = np.flatnonzero(codes == SPLIT_CODES.index("train"))
+        count = int(round(value * len(train))) if value <= 1 else int(value)
+        if count > len(train) or count < 1:
+            raise ConfigError(f"matrix.subset: {value:g} asks for {count} samples but {path.name} has "
+                              f"{len(train)} training samples")
+        order = np.random.default_rng(seed).permutation(train)
+        codes[order[count:]] = 255  # in no split
+        if "splits" not in f or name not in f["splits"]:
+            write_split(f, name, codes)
+            f["splits"][name].attrs.update({"scheme": "subset", "base": base or "", "seed": seed,
+                                            "value": float(value)})
+    return name, count
+
+
+# ----------------------------------------------------------------------------- cells
+def resolve_cell(suite: Suite, cell: Cell, out: Path, data_path: Path) -> Any:
+    """The cell's full validated config (and its id, stored on the cell)."""
+    from ..config import load_config, to_dict
+
+    overrides = cell.overrides + [f"data.path={data_path}", f"output.dir={out / 'runs'}", "output.overwrite=true",
+                                  "trainer.progress_bar=false"]
+    try:
+        cfg = load_config(cell.config_path, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{suite.path}: cell {cell.index} ({cell.label}): {e}") from None
+    geo = cell.values["regularizer"].geo
+    if geo is not None:  # the regularizer axis replaces the method config's geo block as a whole
+        for key, value in geo:
+            setattr(cfg.geo, key, value)
+        if dict(geo).get("name") is None:
+            cfg.geo.args = {}
+    _check_cell_args(cfg, f"{suite.path}: cell {cell.index} ({cell.label})")
+    cell.base_scheme = cfg.data.scheme
+    if cell.subset is not None:
+        cfg.data.scheme = subset_scheme_name(cfg.data.scheme, cell.subset, suite.subset_seed)
+    identity = to_dict(cfg)
+    identity.pop("output")
+    identity["data"]["path"] = suite.data.key  # the data's recipe, not this machine's path
+    identity["trainer"].pop("progress_bar")
+    evaluation = {
+        "datasets": [{"name": d.name, "data": d.data.key if d.data else "pretrain", "schemes": d.schemes}
+                     for d in suite.eval_datasets],
+        "protocols": suite.protocols, "linear_epochs": suite.linear_epochs, "knn_k": suite.knn_k,
+        "knn_temperature": suite.knn_temperature,
+    }
+    cell.id = short_hash({"config": identity, "eval": evaluation})
+    cfg.output.name = cell.run_name
+    return cfg
+
+
+def _check_cell_args(cfg: Any, where: str) -> None:
+    """Check method / backbone / regularizer args against their factories now, as ``build``
+    will, so a typo fails the whole suite before the first hour of training, not in cell 7."""
+    from ..config import check_args
+    from ..registry import BACKBONES, METHODS, REGULARIZERS
+    from ..train import _import_registries
+
+    _import_registries()
+    try:
+        check_args("method", cfg.method.name, METHODS.get(cfg.method.name).factory.__init__, dict(cfg.method.args))
+        check_args("backbone", cfg.backbone.name, BACKBONES.get(cfg.backbone.name).factory,
+                   dict(cfg.backbone.args), reserved=("in_chans",))
+        if cfg.geo.name:
+            check_args("geo", cfg.geo.name, REGULARIZERS.get(cfg.geo.name).factory, dict(cfg.geo.args))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def plan(suite: Suite, out: Path) -> Tuple[List[Cell], Dict[int, Any]]:
+    """All cells with their configs; validates every cell before anything runs."""
+    data_path = Path(dict(suite.data.params)["path"]) if suite.data.kind == "path" else \
+        out / "data" / suite.data.file_name("pretrain")
+    cells = suite.cells()
+    configs = {c.index: resolve_cell(suite, c, out, data_path) for c in cells}
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        dup = next(c for c in cells if ids.count(c.id) > 1)
+        raise ConfigError(f"{suite.path}: matrix: cell {dup.index} ({dup.label}) resolves to the same config as "
+                          "another cell; an axis value changes nothing")
+    return cells, configs
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _cell_row_base(suite: Suite, cell: Cell, cfg: Any, n_train: int, image_size: int) -> Dict[str, Any]:
+    v = cell.values
+    return {
+        "suite": suite.name, "cell_id": cell.id, "cell": cell.index, "method": v["method"].label,
+        "regularizer": v["regularizer"].label if v["regularizer"].geo is not None else (cfg.geo.name or "none"),
+        "augmentation": cfg.augmentation.name, "subset": v["subset"].label, "n_train": n_train,
+        "image_size": image_size, "seed": cfg.trainer.seed,
+    }
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """The runner prints one progress line per cell; Lightning's per-run chatter (devices, "fit
+    stopped", no val loader when online k-NN is off) would bury it. Warnings and errors still show."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith("lightning")] + [logging.getLogger("lightning.pytorch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str, Path]) -> List[Dict[str, Any]]:
+    """Pretrain one cell from scratch, evaluate its last checkpoint, return its result rows."""
+    from ..data.dataset import GeoDataset
+    from ..evaluation.harness import evaluate
+    from ..train import load_backbone_from_checkpoint, pretrain, run_dir_of
+
+    run_dir = run_dir_of(cfg)
+    if run_dir.exists():  # a killed cell's partial run: start it again cleanly
+        shutil.rmtree(run_dir)
+    train_ds = GeoDataset(cfg.data.path, split="train", scheme=cfg.data.scheme)
+    image_size = int(cfg.augmentation.size or train_ds.size[0])
+    with _quiet_lightning():
+        result = pretrain(cfg, evaluate_after=False)
+    backbone, ckpt_cfg = load_backbone_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    base = _cell_row_base(suite, cell, cfg, len(train_ds), image_size)
+    rows = []
+    evaluations = {}
+    for ds in suite.eval_datasets:
+        for scheme in ds.schemes:
+            res = evaluate(backbone, eval_paths[ds.name], scheme=scheme, protocols=suite.protocols,
+                           size=image_size, bands=ckpt_cfg["data_bands"], linear_epochs=suite.linear_epochs,
+                           knn_k=suite.knn_k or cfg.eval.knn_k,
+                           knn_temperature=suite.knn_temperature or cfg.eval.knn_temperature,
+                           seed=cfg.trainer.seed, progress=False)
+            evaluations[f"{ds.name}/{res['scheme']}"] = res
+            for protocol, metrics in res["metrics"].items():
+                rows.append({**base, "eval_data": ds.name, "scheme": res["scheme"] or "default",
+                             "protocol": protocol, **{k: f"{v:.4f}" for k, v in metrics.items()},
+                             "n_eval_train": res["n_train"], "n_eval_test": res["n_test"],
+                             "train_seconds": f"{result['train_seconds']:.2f}", "epochs": result["epochs"],
+                             "run_dir": os.path.relpath(run_dir, out),
+                             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    (run_dir / "bench_result.json").write_text(json.dumps(
+        {"cell_id": cell.id, "label": cell.label, "train_seconds": result["train_seconds"], "eval": evaluations},
+        indent=2) + "\n")
+    return rows
+
+
+def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_run: bool = False,
+              max_cells: Optional[int] = None, stream: Optional[TextIO] = None, progress: bool = False) -> Dict[str, Any]:
+    """Run every unfinished cell of a suite; return counts of cells total / skipped / run / left."""
+    stream = stream or sys.stdout
+    suite = load_suite(suite_path)
+    out = Path(out) if out else Path("bench_out") / suite.name
+    out = out.resolve()
+    log: Callable[[str], None] = lambda line: print(line, file=stream, flush=True)  # noqa: E731
+    cells, configs = plan(suite, out)
+    results_path = out / "results.csv"
+    previous = read_results(results_path)
+    done = {r["cell_id"] for r in previous}
+    todo = [c for c in cells if c.id not in done]
+    log(f"suite {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run -> {out}")
+    if dry_run:
+        for c in cells:
+            log(f"  cell {c.index}/{len(cells)} {c.id} {c.label}" + ("  (done)" if c.id in done else ""))
+        return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "left": len(todo), "out": str(out)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(suite.path, out / "suite.yaml")
+    (out / "cells.json").write_text(json.dumps([
+        {"cell_id": c.id, "cell": c.index, "label": c.label, "run_dir": os.path.relpath(configs[c.index].output.dir, out)
+         + "/" + c.run_name, **{a: v.label for a, v in c.values.items()}} for c in cells], indent=2) + "\n")
+    data_path = prepare_dataset(suite.data, out, "pretrain", progress=progress)
+    eval_paths = {d.name: (data_path if d.data is None else prepare_dataset(d.data, out, d.name, progress=progress))
+                  for d in suite.eval_datasets}
+    for c in todo:
+        if c.subset is not None:
+            write_subset_split(data_path, c.base_scheme, c.subset, suite.subset_seed)
+
+    durations: List[float] = []
+    # Until a cell of this session finishes, the ETA uses the cells finished by earlier sessions.
+    earlier = [float(v) for v in {r["cell_id"]: r.get("cell_seconds") for r in previous
+                                  if r["cell_id"] in {c.id for c in cells}}.values() if v]
+    ran = 0
+    for c in todo:
+        if max_cells is not None and ran >= max_cells:
+            break
+        left = len(todo) - ran
+        basis = durations or earlier
+        eta = format_duration(np.mean(basis) * left) if basis else "?"
+        log(f"cell {c.index}/{len(cells)} {c.label} ... ETA {eta}")
+        start = time.perf_counter()
+        rows = run_cell(suite, c, configs[c.index], out, eval_paths)
+        durations.append(time.perf_counter() - start)
+        for row in rows:
+            row["cell_seconds"] = f"{durations[-1]:.2f}"
+        append_results(results_path, rows)
+        ran += 1
+        main = rows[0]
+        metric = next((k for k in ("acc_macro", "ap_macro") if k in main), None)
+        score = f", {main['eval_data']}/{main['scheme']} knn {metric} {float(main[metric]):.1f}" if metric else ""
+        log(f"  done in {format_duration(durations[-1])} (train {float(main['train_seconds']):.0f}s){score}")
+    left = len(todo) - ran
+    log(f"suite {suite.name}: ran {ran} cells, {left} left; results in {results_path}")
+    return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": ran, "left": left, "out": str(out)}
+
