@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from .errors import ConfigError, SslRsError
+from .errors import SslRsError
 
 EXIT_USAGE = 2
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Generic, Iterator, List, TypeVar
 
 from .errors import ConfigError
 
@@ -26,41 +26,37 @@ class Entry:
     summary: str
 
 
-class Registry:
-    """A name -> factory map filled by a decorator."""
+T = TypeVar("T")
+
+
+class NamedCollection(Generic[T]):
+    """Items by unique name; an unknown name is a ConfigError suggesting the closest one."""
 
     def __init__(self, kind: str):
         self.kind = kind
-        self._entries: Dict[str, Entry] = {}
+        self._entries: Dict[str, T] = {}
 
-    def register(self, name: str | None = None, summary: str | None = None) -> Callable:
-        def decorator(factory: Callable) -> Callable:
-            key = name or factory.__name__
-            if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
-            doc = summary or (inspect.getdoc(factory) or "").split("\n")[0]
-            self._entries[key] = Entry(key, factory, doc)
-            return factory
+    def _add(self, name: str, item: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = item
+        return item
 
-        return decorator
+    def _listing_hint(self) -> str:
+        return f"known: {', '.join(sorted(self._entries))}"
 
-    def get(self, name: str) -> Entry:
+    def get(self, name: str) -> T:
         try:
             return self._entries[name]
         except KeyError:
             close = difflib.get_close_matches(name, self._entries, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._entries))})"
-            ) from None
-
-    def create(self, name: str, **kwargs: Any) -> Any:
-        return self.get(name).factory(**kwargs)
+            raise ConfigError(f"unknown {self.kind} {name!r}{hint} ({self._listing_hint()})") from None
 
     def names(self) -> List[str]:
         return sorted(self._entries)
 
-    def entries(self) -> List[Entry]:
+    def entries(self) -> List[T]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
@@ -71,6 +67,22 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Registry(NamedCollection[Entry]):
+    """A name -> factory map filled by a decorator."""
+
+    def register(self, name: str | None = None, summary: str | None = None) -> Callable:
+        def decorator(factory: Callable) -> Callable:
+            key = name or factory.__name__
+            doc = summary or (inspect.getdoc(factory) or "").split("\n")[0]
+            self._add(key, Entry(key, factory, doc))
+            return factory
+
+        return decorator
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        return self.get(name).factory(**kwargs)
 
 
 BACKBONES = Registry("backbone")

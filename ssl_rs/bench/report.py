@@ -317,7 +317,7 @@ def report(out: str | Path, *, embedding: Optional[str] = None, stream: Optional
     if suite.description:
         md += [suite.description, ""]
     md += [f"Cells finished: {finished}" + (f" of {n_cells}" if n_cells else "") +
-           f". Mean ± std over seeds (sample std); best mean per column in **bold**. "
+           ". Mean ± std over seeds (sample std); best mean per column in **bold**. "
            "Pretrain s: mean pretraining wall time per run. TensorBoard: `tensorboard --logdir runs`.", ""]
     for study in suite.studies:
         metric = main_metric(rows, study.metric)

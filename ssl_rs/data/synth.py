@@ -156,7 +156,6 @@ def render(
     texture = _textures(rng, n, size, recipes, cls) * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
     image = main[:, :, None, None] * (1 - texture[:, None]) + second[:, :, None, None] * texture[:, None]
     # Clutter: a random material (any class's) over random blobs, so appearance alone is ambiguous.
-    names = list(MATERIALS)
     clutter_spec = spectra.reshape(-1, len(S2_BANDS))[rng.integers(0, spectra.shape[0] * 2, n)]
     coarse = torch.from_numpy(rng.random((n, 1, 4, 4)).astype(np.float32))
     blobs = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Dict, FrozenSet, Iterable, Mapping
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError

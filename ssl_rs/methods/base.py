@@ -87,10 +87,8 @@ class BaseMethod(L.LightningModule):
         self._knn_targets: Dict[int, List[Tensor]] = {}
 
     # -- what subclasses provide --------------------------------------------------------
-    @property
-    def embed_dim(self) -> int:
-        """Dimension of the ``z`` the regularizer sees."""
-        raise NotImplementedError
+    #: dimension of the ``z`` the regularizer sees; set by each subclass
+    embed_dim: int
 
     def ssl_loss(self, views: List[Tensor], batch: Mapping[str, Any]) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
         raise NotImplementedError
@@ -251,7 +249,8 @@ class BaseMomentumMethod(BaseMethod):
         raise NotImplementedError
 
     def target_prefixes(self) -> Tuple[str, ...]:
-        return ()
+        """Names of EMA target submodules start with this (kept out of the optimiser)."""
+        return ("momentum_",)
 
     def frozen_prefixes(self) -> Tuple[str, ...]:
         return self.target_prefixes()

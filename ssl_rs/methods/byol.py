@@ -26,18 +26,11 @@ class BYOL(BaseMomentumMethod):
         self.momentum_backbone = copy.deepcopy(backbone)
         self.momentum_projector = copy.deepcopy(self.projector)
         self.criterion = NegativeCosineSimilarity()
-        self._out_dim = proj_output_dim
+        self.embed_dim = proj_output_dim
         self.init_targets()
-
-    @property
-    def embed_dim(self) -> int:
-        return self._out_dim
 
     def momentum_pairs(self):
         return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
-
-    def target_prefixes(self):
-        return ("momentum_",)
 
     def ssl_loss(self, views, batch):
         z = [self.projector(self.backbone(v)) for v in views[:2]]

@@ -43,18 +43,11 @@ class DINO(BaseMomentumMethod):
         self.criterion = DINOLoss(output_dim, warmup_teacher_temp=warmup_teacher_temp, teacher_temp=teacher_temp,
                                   warmup_teacher_temp_epochs=warmup_teacher_temp_epochs, student_temp=student_temp,
                                   center_momentum=center_momentum)
-        self._out_dim = bottleneck_dim
+        self.embed_dim = bottleneck_dim
         self.init_targets()
-
-    @property
-    def embed_dim(self) -> int:
-        return self._out_dim
 
     def momentum_pairs(self):
         return [(self.backbone, self.momentum_backbone), (self.head, self.momentum_head)]
-
-    def target_prefixes(self):
-        return ("momentum_",)
 
     @staticmethod
     def _by_size(views: List[Tensor], fn) -> List[Tensor]:

@@ -38,18 +38,11 @@ class MoCoV2(BaseMomentumMethod):
         self.momentum_backbone = copy.deepcopy(backbone)
         self.momentum_projector = copy.deepcopy(self.projector)
         self.criterion = NTXentLoss(temperature, memory_bank_size=(queue_size, proj_output_dim), gather_distributed=True)
-        self._out_dim = proj_output_dim
+        self.embed_dim = proj_output_dim
         self.init_targets()
-
-    @property
-    def embed_dim(self) -> int:
-        return self._out_dim
 
     def momentum_pairs(self):
         return [(self.backbone, self.momentum_backbone), (self.projector, self.momentum_projector)]
-
-    def target_prefixes(self):
-        return ("momentum_",)
 
     # lightly keeps the queue in non-persistent buffers; store it explicitly so a resumed run
     # continues with the same negatives.

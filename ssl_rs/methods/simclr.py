@@ -19,11 +19,7 @@ class SimCLR(BaseMethod):
         super().__init__(backbone, **kwargs)
         self.projector = SimCLRProjectionHead(backbone.num_features, proj_hidden_dim, proj_output_dim)
         self.criterion = NTXentLoss(temperature, gather_distributed=True)
-        self._out_dim = proj_output_dim
-
-    @property
-    def embed_dim(self) -> int:
-        return self._out_dim
+        self.embed_dim = proj_output_dim
 
     def ssl_loss(self, views, batch):
         z = [self.projector(self.backbone(v)) for v in views[:2]]

@@ -21,11 +21,7 @@ class SimSiam(BaseMethod):
         self.projector = SimSiamProjectionHead(backbone.num_features, proj_hidden_dim, proj_output_dim)
         self.predictor = SimSiamPredictionHead(proj_output_dim, pred_hidden_dim, proj_output_dim)
         self.criterion = NegativeCosineSimilarity()
-        self._out_dim = proj_output_dim
-
-    @property
-    def embed_dim(self) -> int:
-        return self._out_dim
+        self.embed_dim = proj_output_dim
 
     def ssl_loss(self, views, batch):
         z = [self.projector(self.backbone(v)) for v in views[:2]]

@@ -6,12 +6,11 @@ file's sha256 and size, and :func:`ssl_rs.zoo.download` refuses a file that does
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..errors import ConfigError
+from ..registry import NamedCollection
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -80,40 +79,17 @@ class WeightsEntry:
         }
 
 
-class WeightsZoo:
-    """Name -> :class:`WeightsEntry`; unknown names suggest the closest one (like ``Registry``)."""
+class WeightsZoo(NamedCollection[WeightsEntry]):
+    """Name -> :class:`WeightsEntry`, with the registries' lookup and suggestions."""
 
     def __init__(self) -> None:
-        self._entries: Dict[str, WeightsEntry] = {}
+        super().__init__("weights")
 
     def register(self, entry: WeightsEntry) -> WeightsEntry:
-        if entry.name in self._entries:
-            raise ValueError(f"weights {entry.name!r} are registered twice")
-        self._entries[entry.name] = entry
-        return entry
+        return self._add(entry.name, entry)
 
-    def get(self, name: str) -> WeightsEntry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._entries, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown weights {name!r}{hint} (see `ssl-rs zoo list`)") from None
-
-    def names(self) -> List[str]:
-        return sorted(self._entries)
-
-    def entries(self) -> List[WeightsEntry]:
-        return [self._entries[n] for n in self.names()]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self._entries)
+    def _listing_hint(self) -> str:
+        return "see `ssl-rs zoo list`"
 
 
 ZOO = WeightsZoo()
