@@ -269,6 +269,13 @@ def load_backbone_from_checkpoint(path: str | os.PathLike) -> Tuple[torch.nn.Mod
     cfg = ckpt[CHECKPOINT_CONFIG_KEY]
     bands = ckpt.get("ssl_rs_bands") or []
     backbone = create_backbone(cfg["backbone"]["name"], in_chans=len(bands), **cfg["backbone"]["args"])
+    _import_registries()
+    from .registry import METHODS
+
+    # Methods whose encoder is not the plain backbone (SatMAE's band-group ViT) rebuild it here.
+    rebuild = getattr(METHODS.get(cfg["method"]["name"]).factory, "checkpoint_encoder", None)
+    if rebuild is not None:
+        backbone = rebuild(backbone, cfg["method"].get("args") or {}, bands)
     state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
     backbone.load_state_dict(state)
     return backbone.eval(), {**cfg, "data_bands": bands}

@@ -193,3 +193,16 @@ def test_existing_run_is_not_overwritten_silently(tiny_world, tmp_path):
         pretrain(cfg, evaluate_after=False)
     cfg.output.overwrite = True
     assert pretrain(cfg, evaluate_after=False)["epochs"] == 1
+
+
+@pytest.mark.parametrize("method", ["satmae", "scalemae", "csp"])
+def test_checkpoint_of_non_contrastive_methods_evaluates_the_same(tiny_world, tmp_path, method):
+    from ssl_rs.evaluation.harness import evaluate
+
+    cfg = config(tiny_world, tmp_path, method, None)
+    result = pretrain(cfg)
+    in_run = result["eval"]["random"]["metrics"]["knn"]
+    backbone, saved = load_backbone_from_checkpoint(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
+    again = evaluate(backbone, tiny_world, bands=saved["data_bands"], size=saved["augmentation"]["size"],
+                     progress=False)["metrics"]["knn"]
+    assert again == pytest.approx(in_run)

@@ -1,0 +1,315 @@
+"""SatMAE (Cong et al., NeurIPS 2022), multi-spectral variant: bands are split into groups, each
+group has its own patch embedding, tokens carry a position and a group encoding, masked tokens
+are reconstructed per group."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from lightly.models.utils import get_at_index, patchify
+from timm.layers import resample_abs_pos_embed
+from torch import Tensor, nn
+
+from ..data.bands import normalize_band_name
+from ..errors import ConfigError
+from ..registry import METHODS
+from .base import BaseMethod
+from .vit_utils import (
+    MaskedDecoder,
+    check_image,
+    check_mask_ratio,
+    encode_visible,
+    normalize_patches,
+    num_masked,
+    patch_size_of,
+    pooled,
+    random_patch_mask,
+    sincos_pos_embed,
+    timm_vit,
+)
+
+#: SatMAE's Sentinel-2 groups: visible + NIR at 10 m, red edge at 20 m, SWIR at 20 m
+S2_GROUPS: List[List[str]] = [["B02", "B03", "B04", "B08"], ["B05", "B06", "B07", "B8A"], ["B11", "B12"]]
+
+UNKNOWN_BANDS = "method 'satmae': band names unknown; pass bands=[...] or build it with ssl_rs.train.build"
+
+BandGroups = Sequence[Sequence[Union[str, int]]]
+
+
+def resolve_band_groups(groups: BandGroups, bands: Sequence[str], extra_bands: str = "group") -> List[List[int]]:
+    """Channel indices of each group in data with ``bands``; a group names bands (any S2
+    spelling) or gives channel indices. Bands in no group form one last group
+    (``extra_bands="group"``) or are left out (``"drop"``, the paper's choice for B1, B9, B10).
+    A band in two groups, or a group band the data lacks, is an error."""
+    if extra_bands not in ("group", "drop"):
+        raise ConfigError(f"method 'satmae': extra_bands must be 'group' or 'drop', got {extra_bands!r}")
+
+    def key(name: str) -> str:
+        try:
+            return normalize_band_name(name)
+        except ValueError:
+            return name
+
+    position = {key(b): i for i, b in enumerate(bands)}
+    resolved: List[List[int]] = []
+    for group in groups:
+        indices = []
+        for band in group:
+            if isinstance(band, int) and not isinstance(band, bool):
+                if not 0 <= band < len(bands):
+                    raise ConfigError(f"method 'satmae': band_groups: channel {band} out of range "
+                                      f"for {len(bands)} bands")
+                indices.append(band)
+            elif key(str(band)) in position:
+                indices.append(position[key(str(band))])
+            else:
+                raise ConfigError(f"method 'satmae': band_groups: band {band} is not in the data's bands "
+                                  f"{list(bands)} (set method.args.band_groups)")
+        if indices:
+            resolved.append(indices)
+    used = [i for g in resolved for i in g]
+    if len(used) != len(set(used)):
+        twice = sorted({bands[i] for i in used if used.count(i) > 1})
+        raise ConfigError(f"method 'satmae': band_groups: bands {twice} are in more than one group")
+    rest = [i for i in range(len(bands)) if i not in set(used)]
+    if rest and extra_bands == "group":
+        resolved.append(rest)
+    if not resolved:
+        raise ConfigError("method 'satmae': band_groups select no band of the data")
+    return resolved
+
+
+class GroupViT(nn.Module):
+    """The backbone's ViT with one patch embedding per band group: the encoder SatMAE trains and
+    the harness evaluates (``forward(x) -> (B, D)``: the ViT's pooling over all group tokens).
+
+    Tokens are ordered group-major (token ``g * N + n`` is patch ``n`` of group ``g``); each gets
+    the ViT's (learned, resampled) position embedding of its patch plus a learned group encoding.
+    ``channel_index`` (saved with the weights) lists the data channels of the groups in order.
+    """
+
+    def __init__(self, base: nn.Module, groups: List[List[int]]):
+        super().__init__()
+        self.base = base
+        vit = base.model
+        self.in_chans, self.num_features, self.name = base.in_chans, base.num_features, f"satmae_{base.name}"
+        self.group_sizes = [len(g) for g in groups]
+        self.register_buffer("channel_index", torch.tensor([i for g in groups for i in g], dtype=torch.long))
+        p = patch_size_of(vit)
+        self.patch_size = p
+        self.patch_embeds = nn.ModuleList(nn.Conv2d(len(g), vit.embed_dim, p, stride=p) for g in groups)
+        self.group_embed = nn.Parameter(torch.zeros(len(groups), vit.embed_dim))
+        nn.init.trunc_normal_(self.group_embed, std=0.02)
+        vit.patch_embed.requires_grad_(False)  # replaced by the group embeddings
+
+    @property
+    def vit(self):
+        return self.base.model
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_sizes)
+
+    def group_inputs(self, x: Tensor) -> List[Tensor]:
+        return list(torch.split(x[:, self.channel_index], self.group_sizes, dim=1))
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """(B, prefix + G * N, D) tokens with position and group encodings, CLS first."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ConfigError(f"backbone {self.name!r} expects (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
+        vit = self.vit
+        prefix = vit.num_prefix_tokens
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        pos = resample_abs_pos_embed(vit.pos_embed, new_size=(h, w), old_size=vit.patch_embed.grid_size,
+                                     num_prefix_tokens=prefix)
+        parts = []
+        for g, (embed, xg) in enumerate(zip(self.patch_embeds, self.group_inputs(x))):
+            t = embed(xg).flatten(2).transpose(1, 2)  # (B, N, D), row-major patches
+            parts.append(t + pos[:, prefix:] + self.group_embed[g])
+        tokens = torch.cat(parts, dim=1)
+        if vit.cls_token is not None:
+            cls = (vit.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)
+        return vit.pos_drop(tokens)
+
+    def forward(self, x: Tensor) -> Tensor:
+        vit = self.vit
+        tokens = self.tokens(x)
+        n = tokens.shape[1] - vit.num_prefix_tokens
+        all_tokens = torch.arange(n, device=x.device).expand(x.shape[0], -1)
+        return pooled(vit, encode_visible(vit, tokens, all_tokens))
+
+
+@METHODS.register("satmae", summary="SatMAE: band-group patch embeddings, group encodings, per-group reconstruction")
+class SatMAE(BaseMethod):
+    """Multi-spectral SatMAE.
+
+    ``band_groups`` (default :data:`S2_GROUPS`, matched by band name to the data's bands; bands in
+    no group become one more group unless ``extra_bands="drop"``) each get a patch embedding; the
+    encoder (:class:`GroupViT`, built from the configured ViT backbone once the data's band names
+    are known, and then ``self.backbone``) sees G x N tokens. Masking is ``independent`` (each
+    group token masked on its own, ``round(G N ratio)`` masked) or ``consistent`` (the same
+    ``round(N ratio)`` patches masked in every group). The decoder adds a fixed sine-cosine position
+    encoding and a learned group encoding and has one linear head per group predicting that
+    group's bands; the loss is the MSE (per-patch normalised targets when ``norm_pix_loss``) averaged
+    over all masked group tokens. ``z`` = pooled encoder output of the visible tokens.
+
+    ``temporal: true`` is the temporal variant for data with several dates per place (needs
+    ``data.temporal_positives=true``): the image and another date of the same place are cropped
+    alike, each gets a learned date encoding, the encoder sees 2 x G x N tokens and every
+    (date, group) is reconstructed. Evaluation still embeds single images (no date encoding).
+    """
+
+    n_views = 1
+
+    def __init__(self, backbone, *, band_groups: Optional[BandGroups] = None, extra_bands: str = "group",
+                 masking: str = "independent", mask_ratio: float = 0.75, decoder_dim: int = 256,
+                 decoder_depth: int = 4, decoder_heads: int = 8, norm_pix_loss: bool = True,
+                 temporal: bool = False, bands: Optional[Sequence[str]] = None, **kwargs):
+        super().__init__(backbone, **kwargs)
+        timm_vit(backbone, "satmae")
+        self.temporal = bool(temporal)
+        self.num_dates = 2 if self.temporal else 1
+        preset = getattr(self.augmentation, "name", "geometric")
+        if self.temporal and preset not in ("geometric", "eval"):  # colour ops would mix the two dates' bands
+            raise ConfigError(f"method 'satmae' with temporal: true needs augmentation 'geometric' or 'eval', "
+                              f"not {preset!r}")
+        if masking not in ("independent", "consistent"):
+            raise ConfigError(f"method 'satmae': masking must be 'independent' or 'consistent', got {masking!r}")
+        if extra_bands not in ("group", "drop"):
+            raise ConfigError(f"method 'satmae': extra_bands must be 'group' or 'drop', got {extra_bands!r}")
+        self.band_groups = [list(g) for g in (band_groups if band_groups is not None else S2_GROUPS)]
+        self.extra_bands = extra_bands
+        self.masking = masking
+        self.mask_ratio = check_mask_ratio(mask_ratio, "satmae")
+        self.norm_pix_loss = norm_pix_loss
+        self.decoder_args = (decoder_dim, decoder_depth, decoder_heads)
+        self.groups: Optional[List[List[int]]] = None
+        if bands is not None:
+            self.data_bands = list(bands)
+
+    # ``train.build`` sets ``data_bands`` right after construction (before the optimiser exists):
+    # that is when the band names, and so the groups, become known.
+    @property
+    def data_bands(self) -> Optional[List[str]]:
+        return self.__dict__.get("_data_bands")
+
+    @data_bands.setter
+    def data_bands(self, bands: Optional[Sequence[str]]) -> None:
+        self.__dict__["_data_bands"] = None if bands is None else list(bands)
+        if bands is not None and self.groups is None:
+            self.build_encoder(list(bands))
+
+    def build_encoder(self, bands: List[str]) -> None:
+        if len(bands) != self.backbone.in_chans:
+            raise ConfigError(f"method 'satmae': {len(bands)} band names for a backbone of "
+                              f"{self.backbone.in_chans} bands")
+        self.groups = resolve_band_groups(self.band_groups, bands, self.extra_bands)
+        self.backbone = GroupViT(self.backbone, self.groups)
+        dim, depth, heads = self.decoder_args
+        self.decoder = MaskedDecoder(self.backbone.num_features, dim, depth, heads,
+                                     num_prefix_tokens=self.backbone.vit.num_prefix_tokens)
+        self.decoder_group_embed = nn.Parameter(torch.zeros(len(self.groups), dim))
+        nn.init.trunc_normal_(self.decoder_group_embed, std=0.02)
+        if self.temporal:
+            self.date_embed = nn.Parameter(torch.zeros(self.num_dates, self.backbone.num_features))
+            self.decoder_date_embed = nn.Parameter(torch.zeros(self.num_dates, dim))
+            nn.init.trunc_normal_(self.date_embed, std=0.02)
+            nn.init.trunc_normal_(self.decoder_date_embed, std=0.02)
+        p = self.backbone.patch_size
+        self.heads = nn.ModuleList(nn.Linear(dim, p * p * len(g)) for g in self.groups)
+
+    @staticmethod
+    def checkpoint_encoder(backbone: nn.Module, method_args: Dict, bands: Sequence[str]) -> GroupViT:
+        """The encoder module of a SatMAE checkpoint, around a freshly built plain ``backbone``,
+        ready for ``load_state_dict`` of the checkpoint's ``backbone.*`` weights (the rebuild
+        step ``train.load_backbone_from_checkpoint`` needs for this method)."""
+        defaults = SatMAE.__init__.__kwdefaults__
+        groups = method_args.get("band_groups") or defaults["band_groups"] or S2_GROUPS
+        extra = method_args.get("extra_bands", defaults["extra_bands"])
+        return GroupViT(backbone, resolve_band_groups(groups, list(bands), extra))
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.num_features
+
+    @property
+    def num_slots(self) -> int:
+        """Token blocks of N patches: one per (date, group), date-major then group."""
+        return self.num_dates * len(self.groups)
+
+    def mask(self, batch: int, num_patches: int, device=None) -> Tuple[Tensor, Tensor]:
+        """``(idx_keep, idx_mask)`` over the (dates x) G x N group tokens, slot-major."""
+        slots = self.num_slots
+        if self.masking == "independent":
+            return random_patch_mask(batch, slots * num_patches, self.mask_ratio, device)
+        keep, masked = random_patch_mask(batch, num_patches, self.mask_ratio, device)
+        shift = num_patches * torch.arange(slots, device=device).view(1, slots, 1)  # same patches in every slot
+        return (keep.unsqueeze(1) + shift).flatten(1), (masked.unsqueeze(1) + shift).flatten(1)
+
+    def num_masked_tokens(self, num_patches: int) -> int:
+        if self.masking == "independent":
+            return num_masked(self.num_slots * num_patches, self.mask_ratio)
+        return self.num_slots * num_masked(num_patches, self.mask_ratio)
+
+    def make_views(self, batch):
+        """One view; in the temporal variant one view per date, cropped and turned alike (the two
+        normalised dates are stacked along the bands and go through one draw of the transform)."""
+        if not self.temporal:
+            return super().make_views(batch)
+        if "image_positive" not in batch:
+            raise ConfigError("method 'satmae' with temporal: true needs another date of each place: "
+                              "set data.temporal_positives=true (the data needs 'group' ids)")
+        aug = self.augmentation
+        both = torch.cat([aug.normalize(batch["image"]), aug.normalize(batch["image_positive"])], dim=1)
+        view = aug.transforms[0](both)
+        return list(torch.split(view, batch["image"].shape[1], dim=1))
+
+    def reconstruct(self, images: Union[Tensor, Sequence[Tensor]], idx_keep: Tensor, idx_mask: Tensor,
+                    target: Union[Tensor, Sequence[Tensor], None] = None) -> Tuple[Tensor, Tensor]:
+        """Loss and ``z`` for given masks over the group tokens. ``images`` is one image batch, or
+        one per date in the temporal variant; ``target`` (same form) defaults to ``images``."""
+        if self.groups is None:
+            raise ConfigError(UNKNOWN_BANDS)
+        frames = [images] if isinstance(images, Tensor) else list(images)
+        targets = frames if target is None else ([target] if isinstance(target, Tensor) else list(target))
+        if len(frames) != self.num_dates or len(targets) != self.num_dates:
+            raise ConfigError(f"method 'satmae': expects {self.num_dates} image(s) per place, got {len(frames)}")
+        encoder, prefix = self.backbone, self.backbone.vit.num_prefix_tokens
+        grid = check_image(frames[0], encoder.patch_size, "satmae")
+        n, groups = grid * grid, len(self.groups)
+        tokens = []
+        for d, frame in enumerate(frames):
+            t = encoder.tokens(frame)
+            if self.temporal:  # which date: added to every token of that image
+                t = torch.cat([t[:, :prefix], t[:, prefix:] + self.date_embed[d]], dim=1)
+            tokens.append(t if d == 0 else t[:, prefix:])
+        encoded = encode_visible(encoder.vit, torch.cat(tokens, dim=1), idx_keep)
+        dim = self.decoder.decoder_dim
+        pos = sincos_pos_embed(dim, grid, device=frames[0].device).repeat(self.num_slots, 1)
+        pos = pos + self.decoder_group_embed.repeat_interleave(n, dim=0).repeat(self.num_dates, 1)
+        if self.temporal:
+            pos = pos + self.decoder_date_embed.repeat_interleave(groups * n, dim=0)
+        decoded = self.decoder(encoded, idx_keep, self.num_slots * n, pos=pos)
+        errors = []
+        for d, frame_target in enumerate(targets):
+            for g, (head, tg) in enumerate(zip(self.heads, encoder.group_inputs(frame_target))):
+                t = patchify(tg.float(), encoder.patch_size)
+                if self.norm_pix_loss:
+                    t = normalize_patches(t)
+                slot = d * groups + g
+                pred = head(decoded[:, slot * n:(slot + 1) * n]).float()
+                errors.append((pred - t).pow(2).mean(dim=-1))  # (B, N)
+        per_token = torch.cat(errors, dim=1)  # (B, slots * N), in token order
+        loss = get_at_index(per_token.unsqueeze(-1), idx_mask).mean()
+        return loss, pooled(encoder.vit, encoded)
+
+    def ssl_loss(self, views, batch):
+        if self.groups is None:
+            raise ConfigError(UNKNOWN_BANDS)
+        frames = views[: self.num_dates]
+        grid = check_image(frames[0], self.backbone.patch_size, "satmae")
+        idx_keep, idx_mask = self.mask(frames[0].shape[0], grid * grid, frames[0].device)
+        loss, z = self.reconstruct(frames, idx_keep, idx_mask)
+        return loss, z, {}

@@ -1,0 +1,159 @@
+"""Shared pieces of the masked-image-modelling methods (MAE, ScaleMAE).
+
+The encoder is always the registered timm ViT of ``method.backbone``: these helpers run its own
+patch embedding, position embedding, prefix (CLS) tokens, blocks and final norm on the visible
+tokens only, so the weights the harness evaluates are exactly the ones pretraining trained.
+Patches are flattened as lightly's ``patchify`` does: (row, column, band) within a patch.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from lightly.models.utils import get_at_index
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+
+def timm_vit(backbone: nn.Module, method: str) -> VisionTransformer:
+    """The timm VisionTransformer inside a registered ViT backbone (``vit_tiny``, ``vit_small``)."""
+    model = getattr(backbone, "model", None)
+    if not isinstance(model, VisionTransformer):
+        name = getattr(backbone, "name", type(backbone).__name__)
+        raise ConfigError(f"method {method!r} needs a ViT backbone (vit_tiny, vit_small), got {name!r}")
+    return model
+
+
+def patch_size_of(vit: VisionTransformer) -> int:
+    return int(vit.patch_embed.patch_size[0])
+
+
+def check_image(x: Tensor, patch_size: int, method: str) -> int:
+    """Side of the square grid of patches of ``x``; a clear error when patches do not tile it."""
+    h, w = x.shape[-2:]
+    if h != w or h % patch_size:
+        raise ConfigError(
+            f"method {method!r}: views must be square with a side divisible by the patch size "
+            f"{patch_size}, got {h} x {w} (set augmentation.size)"
+        )
+    return h // patch_size
+
+
+def num_masked(num_patches: int, mask_ratio: float) -> int:
+    """How many of ``num_patches`` are masked: ``round(N * ratio)``, but at least one patch masked
+    (the loss needs one) and one kept (the encoder needs one)."""
+    if num_patches < 2:
+        raise ConfigError(f"masking needs at least 2 patches per image, got {num_patches}")
+    return min(num_patches - 1, max(1, int(round(num_patches * mask_ratio))))
+
+
+def random_patch_mask(batch: int, num_patches: int, mask_ratio: float, device=None) -> Tuple[Tensor, Tensor]:
+    """Independent uniform masks per sample: ``(idx_keep, idx_mask)``, patch indices of shape
+    (B, N - M) and (B, M) with ``M = num_masked(N, ratio)``; every patch is in exactly one."""
+    order = torch.rand(batch, num_patches, device=device).argsort(dim=1)
+    n_keep = num_patches - num_masked(num_patches, mask_ratio)
+    return order[:, :n_keep], order[:, n_keep:]
+
+
+def check_mask_ratio(mask_ratio: float, method: str) -> float:
+    if not 0.0 < mask_ratio < 1.0:
+        raise ConfigError(f"method {method!r}: mask_ratio must be in (0, 1), got {mask_ratio}")
+    return float(mask_ratio)
+
+
+def encode_visible(vit: VisionTransformer, tokens: Tensor, idx_keep: Tensor) -> Tensor:
+    """Run the ViT's blocks on its prefix tokens plus the kept patch tokens.
+
+    ``tokens`` is (B, prefix + N, D) with position embeddings already added; returns the
+    normalised encoder output (B, prefix + K, D), prefix tokens first.
+    """
+    prefix = vit.num_prefix_tokens
+    visible = torch.cat([tokens[:, :prefix], get_at_index(tokens[:, prefix:], idx_keep)], dim=1)
+    x = vit.norm_pre(vit.patch_drop(visible))
+    return vit.norm(vit.blocks(x))
+
+
+def embed_tokens(vit: VisionTransformer, x: Tensor) -> Tensor:
+    """The ViT's own patch embedding, then CLS token and (resampled) position embedding."""
+    return vit._pos_embed(vit.patch_embed(x))
+
+
+def pooled(vit: VisionTransformer, encoded: Tensor) -> Tensor:
+    """The backbone's pooling (CLS token or mean of patch tokens) and head norm, as in its forward."""
+    return vit.forward_head(encoded, pre_logits=True)
+
+
+def sincos_pos_embed(dim: int, grid: int, scale: float | Tensor = 1.0, device=None) -> Tensor:
+    """Fixed 2-D sine-cosine encoding (N, dim) of a grid x grid layout, the same as MAE's (and
+    lightly's ``get_2d_sine_cosine_positional_embedding``) with positions multiplied by
+    ``scale``; a (B,) tensor of scales gives (B, N, dim) (ScaleMAE's GSD scaling)."""
+    if dim % 4:
+        raise ConfigError(f"a 2-D sine-cosine encoding needs a dimension divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    coords = torch.arange(grid, dtype=torch.float64)
+    gh, gw = torch.meshgrid(coords, coords, indexing="ij")  # row-major patches, column fastest
+    batched = isinstance(scale, Tensor) and scale.ndim > 0
+    scale_t = torch.as_tensor(scale, dtype=torch.float64).reshape(-1, 1, 1)  # (S, 1, 1)
+    parts = []
+    for axis in (gw, gh):  # first half encodes the column, second half the row (as MAE's code)
+        angle = scale_t * axis.reshape(1, -1, 1) * omega.view(1, 1, -1)  # (S, N, dim/4)
+        parts += [angle.sin(), angle.cos()]
+    out = torch.cat(parts, dim=-1).to(torch.float32).to(device)
+    return out if batched else out[0]
+
+
+class MaskedDecoder(nn.Module):
+    """MAE's light decoder: project encoder tokens, fill the masked places with one learned mask
+    token, add a fixed sine-cosine position encoding, run a few transformer blocks.
+
+    ``forward`` returns the decoded patch tokens (B, N, decoder_dim) in image order; the
+    methods put their own prediction heads on them.
+    """
+
+    def __init__(self, encoder_dim: int, decoder_dim: int = 256, depth: int = 4, num_heads: int = 8,
+                 num_prefix_tokens: int = 1):
+        super().__init__()
+        if decoder_dim % 4:
+            raise ConfigError(f"decoder_dim must be a multiple of 4 (2-D sine-cosine encoding), got {decoder_dim}")
+        if decoder_dim % num_heads:
+            raise ConfigError(f"decoder_dim {decoder_dim} is not divisible by decoder_heads {num_heads}")
+        self.decoder_dim = decoder_dim
+        self.num_prefix_tokens = num_prefix_tokens
+        self.embed = nn.Linear(encoder_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.blocks = nn.Sequential(*[Block(decoder_dim, num_heads, qkv_bias=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(decoder_dim, eps=1e-6)
+
+    def forward(self, encoded: Tensor, idx_keep: Tensor, num_patches: int, pos: Optional[Tensor] = None) -> Tensor:
+        """``encoded``: (B, prefix + K, D) encoder output; ``pos``: (N, d) or (B, N, d) position
+        encoding of the full grid (default: the unscaled square-grid one)."""
+        x = self.embed(encoded)
+        prefix, visible = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        b = x.shape[0]
+        full = self.mask_token.to(x.dtype).expand(b, num_patches, -1).clone()
+        full = full.scatter(1, idx_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), visible)
+        if pos is None:
+            pos = sincos_pos_embed(self.decoder_dim, int(round(num_patches**0.5)), device=x.device)
+        full = full + pos.to(full.dtype)
+        out = self.norm(self.blocks(torch.cat([prefix, full], dim=1)))
+        return out[:, self.num_prefix_tokens:]
+
+
+def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
+    """MAE's per-patch normalised targets: subtract each patch's mean, divide by its std."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=False)
+    return (patches - mean) / (var + eps).sqrt()
+
+
+def masked_patch_mse(pred: Tensor, target: Tensor, idx_mask: Tensor, norm_pix: bool = False) -> Tensor:
+    """Mean squared error per patch, averaged over the masked patches only (MAE eq.)."""
+    if norm_pix:
+        target = normalize_patches(target)
+    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N)
+    return per_patch.gather(1, idx_mask).mean()
