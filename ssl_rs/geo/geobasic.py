@@ -17,14 +17,12 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
 from .base import GeoRegularizer
-from .distances import pairwise_haversine_km
-from .georank import batch_coordinates, off_diagonal
+from .georank import similarity_and_distance
 
 
 @REGULARIZERS.register("geobasic", summary="GeoBasic: embedding dissimilarity regressed on distance (MSE ablation)")
@@ -76,12 +74,10 @@ class GeoBasic(GeoRegularizer):
         if b < 2:
             self.metrics = {}
             return (z.sum() * 0).to(out_dtype)
-        lat, lon = batch_coordinates(batch, z.device)
         t = self.temperature
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zn = F.normalize(z.double(), dim=1)
-            sim = off_diagonal((zn / t) @ zn.T)
-            target = off_diagonal(pairwise_haversine_km(lat, lon)) / self.scale_km / t
+            sim, dist = similarity_and_distance(z, batch, t)
+            target = dist / self.scale_km / t
             pred = (1.0 / t - sim) - self.spacing / t
             err = (pred - target) ** 2
             in_range = target <= self.max_distance / t

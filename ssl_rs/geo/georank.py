@@ -47,6 +47,14 @@ def batch_coordinates(batch: Mapping[str, Tensor], device: torch.device) -> tupl
     return lat, lon
 
 
+def similarity_and_distance(z: Tensor, batch: Mapping[str, Tensor], temperature: float) -> tuple[Tensor, Tensor]:
+    """(B, B - 1) similarities ``z_n z_n^T / T`` of the L2-normalised embeddings and haversine
+    distances in km, diagonal removed, both float64 (call it with autocast disabled)."""
+    lat, lon = batch_coordinates(batch, z.device)
+    zn = F.normalize(z.double(), dim=1)
+    return off_diagonal((zn / temperature) @ zn.T), off_diagonal(pairwise_haversine_km(lat, lon))
+
+
 @REGULARIZERS.register("georank", summary="GeoRank: soft ranks of embedding similarity follow distance ranks")
 class GeoRank(GeoRegularizer):
     """GeoRank loss on the batch.
@@ -109,13 +117,10 @@ class GeoRank(GeoRegularizer):
         if b < 2:
             self.metrics = {}
             return (z.sum() * 0).to(out_dtype)
-        lat, lon = batch_coordinates(batch, z.device)
         # float64 throughout, as the reference computes its loss: at the default strength the
         # soft ranks resolve similarity differences of ~eps * T = 4e-5
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zn = F.normalize(z.double(), dim=1)
-            sim = off_diagonal((zn / self.temperature) @ zn.T)
-            dist = off_diagonal(pairwise_haversine_km(lat, lon))
+            sim, dist = similarity_and_distance(z, batch, self.temperature)
             in_range = (dist >= self.min_km) & (dist <= self.max_km)
             scale = unit_rank_norm(b)
 
