@@ -62,7 +62,7 @@ def test_gathered_loss_equals_single_process_loss(tmp_path):
     single = _method().ssl_loss(_views(), {})[0].detach()
     assert ddp_loss == pytest.approx(float(single), rel=1e-5)
     # without gathering, each half sees fewer negatives and the loss differs: the check can fail
-    half_only = sum(float(_method().ssl_loss([v[i:i + 4] for v in _views()], {})[0]) for i in (0, 4)) / 2
+    half_only = sum(float(_method().ssl_loss([v[i:i + 4] for v in _views()], {})[0].detach()) for i in (0, 4)) / 2
     assert half_only != pytest.approx(float(single), rel=1e-3)
 
 
