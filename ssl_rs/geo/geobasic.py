@@ -22,7 +22,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
 from .base import GeoRegularizer
-from .georank import similarity_and_distance
+from .georank import pair_fractions, similarity_and_distance
 
 
 @REGULARIZERS.register("geobasic", summary="GeoBasic: embedding dissimilarity regressed on distance (MSE ablation)")
@@ -83,8 +83,5 @@ class GeoBasic(GeoRegularizer):
             in_range = target <= self.max_distance / t
             penalised = in_range & (err > self.margin / t**2)
             loss = torch.where(penalised, err, 0.0).sum() / in_range.sum().clamp(min=1)
-        self.metrics = {
-            "pairs_in_range": in_range.float().mean().detach(),
-            "pairs_penalised": penalised.float().mean().detach(),
-        }
+        self.metrics = pair_fractions(in_range, penalised)
         return loss.to(out_dtype)

@@ -55,6 +55,14 @@ def similarity_and_distance(z: Tensor, batch: Mapping[str, Tensor], temperature:
     return off_diagonal((zn / temperature) @ zn.T), off_diagonal(pairwise_haversine_km(lat, lon))
 
 
+def pair_fractions(in_range: Tensor, penalised: Tensor) -> dict:
+    """The logged fractions of the B (B - 1) pairs that are in range and that are penalised."""
+    return {
+        "pairs_in_range": in_range.float().mean().detach(),
+        "pairs_penalised": penalised.float().mean().detach(),
+    }
+
+
 @REGULARIZERS.register("georank", summary="GeoRank: soft ranks of embedding similarity follow distance ranks")
 class GeoRank(GeoRegularizer):
     """GeoRank loss on the batch.
@@ -141,8 +149,5 @@ class GeoRank(GeoRegularizer):
             penalised = in_range & (err > margin * (1.0 + self.margin_rtol))
             # mean over the in-range pairs (zeroed ones included), 0 when there are none
             loss = torch.where(penalised, err, 0.0).sum() / in_range.sum().clamp(min=1) * scale
-        self.metrics = {
-            "pairs_in_range": in_range.float().mean().detach(),
-            "pairs_penalised": penalised.float().mean().detach(),
-        }
+        self.metrics = pair_fractions(in_range, penalised)
         return loss.to(out_dtype)
