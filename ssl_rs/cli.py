@@ -100,6 +100,7 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
             "max_cloud": args.max_cloud,
             "labels": args.labels,
             "size": args.size,
+            "stride": args.stride,
         }.items()
         if value is not None
     }
@@ -122,8 +123,12 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         dates=args.dates,
         num_classes=args.classes,
+        tiles=args.tiles,
     )
-    print(f"wrote {out}: {args.n} synthetic samples ({args.n // args.dates} places x {args.dates} dates)")
+    t = args.tiles
+    places = args.n // (args.dates * t * t)
+    tiles = f" x {t}x{t} tiles" if t > 1 else ""
+    print(f"wrote {out}: {args.n} synthetic samples ({places} places x {args.dates} dates{tiles})")
     return 0
 
 
@@ -256,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, help="major-tom: side of the patches cut from each tile (px)")
     p.add_argument("--product", choices=["L1C", "L2A"], help="ssl4eo-s12: which product (default L1C)")
     p.add_argument("--max-cloud", type=float, help="major-tom: drop patches with a larger cloud fraction")
+    p.add_argument("--stride", type=int, help="major-tom: px between patch corners (< patch size: overlapping "
+                   "neighbours; default: the patch size)")
     p.add_argument("--labels", choices=["43", "19"], help="bigearthnet: CORINE nomenclature (default 43)")
     p.add_argument("--size", type=int, help="ssl4eo-s12: centre crop to this size (px)")
     p.set_defaults(func=cmd_data_convert)
@@ -268,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dates", type=int, default=1, help="dates per place (default 1)")
     p.add_argument("--classes", type=int, default=8, help="number of land-cover classes (default 8)")
+    p.add_argument("--tiles", type=int, default=1, help="cut each place's scene into TILES x TILES adjacent "
+                   "--size tiles, each with its own lat/lon (neighbour pairs; --n counts tiles; default 1)")
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("split", help="add a random or spatially blocked train/val/test split")

@@ -32,6 +32,8 @@ class DataConfig:
     sampler: Optional[str] = None  # None | "geo_neighbors" (Tile2Vec: neighbours share a batch)
     neighbor_km: float = 15.0
     temporal_positives: bool = False  # second view from another date of the same place
+    neighbor_pairs: bool = False  # pair each sample with an overlapping/touching one (NeighborMAE)
+    neighbor_max_offset: float = 1.1  # neighbour: centres at most this many footprint sides apart, per axis
 
 
 @dataclass

@@ -29,6 +29,8 @@ from .errors import ConfigError, DataError
 
 CHECKPOINT_CONFIG_KEY = "ssl_rs_config"
 
+log = logging.getLogger(__name__)
+
 
 class SeededRandomSampler(Sampler[int]):
     """A shuffling sampler whose order depends only on (seed, epoch), so a resumed run
@@ -61,6 +63,15 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
 
     _import_registries()
     d = cfg.data
+    if d.temporal_positives and d.neighbor_pairs:
+        raise ConfigError(
+            "data.temporal_positives, data.neighbor_pairs: a training item has one partner sample, "
+            "either another date of the same place or a neighbour; set only one of them"
+        )
+    if d.neighbor_pairs and not (d.neighbor_max_offset > 0):
+        raise ConfigError(
+            f"data.neighbor_max_offset: must be a positive number of footprint sides, got {d.neighbor_max_offset}"
+        )
     bands = list(d.bands) if d.bands else None
     train_ds = GeoDataset(d.path, split="train", scheme=d.scheme, bands=bands)
     if len(train_ds) < d.batch_size:
@@ -68,12 +79,28 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
             f"data.batch_size: {d.batch_size} is larger than the {len(train_ds)} training samples of {d.path}"
         )
     method_entry = METHODS.get(cfg.method.name)
+    if getattr(method_entry.factory, "needs_neighbor_pairs", False) and not d.neighbor_pairs:
+        raise ConfigError(f"method {cfg.method.name!r} needs neighbour pairs: set data.neighbor_pairs=true")
     backbone_entry = BACKBONES.get(cfg.backbone.name)
     aug_entry = AUGMENTATIONS.get(cfg.augmentation.name)
     check_args("method", cfg.method.name, method_entry.factory.__init__, dict(cfg.method.args))
     check_args("backbone", cfg.backbone.name, backbone_entry.factory, dict(cfg.backbone.args), reserved=("in_chans",))
     check_args("augmentation", cfg.augmentation.name, aug_entry.factory, dict(cfg.augmentation.args),
                reserved=("size", "mean", "std", "n_views", "seed"))
+    # paired datasets come before the model so that a file unfit for them fails fast
+    train_source = train_ds
+    if d.temporal_positives:
+        from .data.temporal import TemporalPositives
+
+        train_source = TemporalPositives(train_ds, seed=cfg.trainer.seed)
+    if d.neighbor_pairs:
+        from .data.neighbors import NeighborPairs
+
+        train_source = NeighborPairs(train_ds, max_offset=d.neighbor_max_offset, seed=cfg.trainer.seed)
+        paired = round(train_source.neighbor_fraction * len(train_source))
+        report = log.info if paired else log.warning  # no pair at all: the method sees only self-pairs
+        report("neighbour pairs: %d of %d training samples have a neighbour within %g footprint sides; "
+               "the rest are paired with themselves", paired, len(train_source), d.neighbor_max_offset)
     regularizer = None
     if cfg.geo.name:
         reg_entry = REGULARIZERS.get(cfg.geo.name)
@@ -113,11 +140,6 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
     method.run_config = to_dict(cfg)
     method.data_bands = list(train_ds.bands)
 
-    train_source = train_ds
-    if d.temporal_positives:
-        from .data.temporal import TemporalPositives
-
-        train_source = TemporalPositives(train_ds, seed=cfg.trainer.seed)
     common = dict(num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
                   pin_memory=torch.cuda.is_available())
     if d.sampler == "geo_neighbors":

@@ -89,7 +89,7 @@ def prepare_dataset(spec: DataSpec, out: Path, label: str, progress: bool = Fals
                 from ..data.synth import synthesize
 
                 synthesize(path, n=params["n"], size=params["size"], seed=params["seed"], dates=params["dates"],
-                           num_classes=params["classes"], progress=progress)
+                           num_classes=params["classes"], tiles=params.get("tiles", 1), progress=progress)
             else:
                 from ..data.converters import convert
 

@@ -25,7 +25,7 @@ AXES = ("method", "regularizer", "augmentation", "subset", "image_size", "seed")
 SUITE_KEYS = ("name", "description", "data", "splits", "base_config", "overrides", "matrix", "subset_seed",
               "eval", "studies", "report")
 DATA_KEYS = ("synth", "path", "convert")
-SYNTH_KEYS = ("n", "size", "seed", "dates", "classes")
+SYNTH_KEYS = ("n", "size", "seed", "dates", "classes", "tiles")
 SPLIT_KEYS = ("scheme", "name", "block_km", "seed", "fractions")
 EVAL_KEYS = ("datasets", "protocols", "linear_epochs", "knn_k", "knn_temperature")
 EVAL_DATASET_KEYS = ("name", "data", "splits", "schemes")

@@ -12,7 +12,9 @@ geography-aware SSL worth having:
   grass, urban, soil and snow reflectance curves), a per-class texture (stripes, blobs, grid or
   speckle) mixing in a secondary material, latitude-dependent illumination, seasonal
   vegetation change between dates, and sensor noise;
-* optionally several dates per place (``group`` ids), for temporal positives.
+* optionally several dates per place (``group`` ids), for temporal positives;
+* optionally each place as a larger scene cut into ``tiles`` x ``tiles`` adjacent tiles, each with
+  its own centre lat/lon, whose content continues across tile borders (neighbouring pairs).
 
 Everything is deterministic given the seed.
 """
@@ -48,7 +50,8 @@ VEGETATION = {"forest", "crop", "grass"}
 # Relative path radiance of atmospheric haze per band (S2_BANDS order): falls with wavelength.
 HAZE = [1.0, 0.9, 0.7, 0.5, 0.4, 0.32, 0.27, 0.22, 0.21, 0.15, 0.0, 0.05, 0.03]
 TEXTURES = ("stripes", "blobs", "grid", "speckle")
-CHUNK = 256  # samples rendered at once; bounds memory for large n
+CHUNK = 256  # samples (tiles) rendered at once; bounds memory for large n
+GSD = 10.0  # metres per pixel
 
 
 def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -117,18 +120,20 @@ def _class_recipes(rng: np.random.Generator, num_classes: int):
     return recipes
 
 
-def _textures(rng: np.random.Generator, n: int, size: int, recipes, cls: np.ndarray) -> np.ndarray:
-    """A (n, size, size) map in [0, 1] of where the secondary material shows."""
-    yy, xx = np.meshgrid(np.linspace(0, 1, size), np.linspace(0, 1, size), indexing="ij")
+def _textures(rng: np.random.Generator, n: int, size: int, recipes, cls: np.ndarray, tiles: int = 1) -> np.ndarray:
+    """A (n, tiles * size, tiles * size) map in [0, 1] of where the secondary material shows; the
+    texture scale is per ``size`` pixels, so a larger scene shows more ground, not a zoom."""
+    side = tiles * size
+    yy, xx = np.meshgrid(np.linspace(0, tiles, side), np.linspace(0, tiles, side), indexing="ij")
     angle = rng.uniform(0, np.pi, n)[:, None, None]
     phase = rng.uniform(0, 2 * np.pi, n)[:, None, None]
     freq = np.array([recipes[c]["freq"] for c in cls])[:, None, None]
     along = xx[None] * np.cos(angle) + yy[None] * np.sin(angle)
     stripes = 0.5 + 0.5 * np.sin(2 * np.pi * freq * along + phase)
-    coarse = torch.from_numpy(rng.random((n, 1, 6, 6)).astype(np.float32))
-    blobs = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
+    coarse = torch.from_numpy(rng.random((n, 1, 6 * tiles, 6 * tiles)).astype(np.float32))
+    blobs = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
     grid = ((np.sin(2 * np.pi * 2 * freq * xx[None] + phase) > 0.6) | (np.sin(2 * np.pi * 2 * freq * yy[None] + phase) > 0.6))
-    speckle = rng.random((n, size, size))
+    speckle = rng.random((n, side, side))
     kind = np.array([TEXTURES.index(recipes[c]["texture"]) for c in cls])[:, None, None]
     return np.select([kind == 0, kind == 1, kind == 2], [stripes, blobs, grid.astype(np.float64)], speckle)
 
@@ -141,9 +146,13 @@ def render(
     recipes,
     band_idx: Sequence[int],
     size: int,
+    tiles: int = 1,
 ) -> np.ndarray:
-    """Images (n, C, size, size) uint16 (reflectance x 10000) for places of class ``cls``."""
+    """Images (n, C, tiles * size, tiles * size) uint16 (reflectance x 10000) for places of class
+    ``cls``: one scene per place and date, with the texture and clutter scale of a ``size`` image
+    (``tiles`` > 1 renders more ground around the place, not a magnified view)."""
     n = len(cls)
+    side = tiles * size
     spectra = np.asarray([[MATERIALS[m] for m in (r["main"], r["second"])] for r in recipes])  # K, 2, 13
     main = spectra[cls, 0] * np.stack([r["tint"] for r in recipes])[cls]
     second = spectra[cls, 1]
@@ -153,12 +162,12 @@ def render(
     green[[4, 5, 6, 7, 8]] = 0.25
     veg = np.array([recipes[c]["main"] in VEGETATION for c in cls])
     main = main * (1 + np.where(veg, season, 0.0)[:, None] * green[None])
-    texture = _textures(rng, n, size, recipes, cls) * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
+    texture = _textures(rng, n, size, recipes, cls, tiles) * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
     image = main[:, :, None, None] * (1 - texture[:, None]) + second[:, :, None, None] * texture[:, None]
     # Clutter: a random material (any class's) over random blobs, so appearance alone is ambiguous.
     clutter_spec = spectra.reshape(-1, len(S2_BANDS))[rng.integers(0, spectra.shape[0] * 2, n)]
-    coarse = torch.from_numpy(rng.random((n, 1, 4, 4)).astype(np.float32))
-    blobs = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
+    coarse = torch.from_numpy(rng.random((n, 1, 4 * tiles, 4 * tiles)).astype(np.float32))
+    blobs = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
     clutter = (blobs > rng.uniform(0.35, 0.9, (n, 1, 1))) * rng.uniform(0.5, 1.0, (n, 1, 1))
     image = image * (1 - clutter[:, None]) + clutter_spec[:, :, None, None] * clutter[:, None]
     illumination = 0.7 + 0.3 * np.cos(np.radians(lat))  # lower sun at high latitudes
@@ -168,6 +177,26 @@ def render(
     image = image + rng.normal(0, 0.015, image.shape)  # sensor noise
     image = image[:, list(band_idx)]
     return np.clip(image * 10000.0, 0, 65535).astype(np.uint16)
+
+
+def cut_tiles(scenes: np.ndarray, tiles: int) -> np.ndarray:
+    """(n, C, t*s, t*s) scenes -> (n * t * t, C, s, s) tiles, scene-major, tiles row-major within a
+    scene (row 0 is the northernmost, column 0 the westernmost)."""
+    n, c, h, w = scenes.shape
+    if h != w or h % tiles:
+        raise ValueError(f"cut_tiles: a {h}x{w} scene cannot be cut into {tiles}x{tiles} square tiles")
+    s = h // tiles
+    out = scenes.reshape(n, c, tiles, s, tiles, s).transpose(0, 2, 4, 1, 3, 5)
+    return np.ascontiguousarray(out.reshape(n * tiles * tiles, c, s, s))
+
+
+def tile_centres(lat: np.ndarray, lon: np.ndarray, tiles: int, tile_km: float):
+    """(lat, lon) of shape (n, t * t) of the tile centres of scenes centred at (lat, lon): tile
+    (row, col) lies ((t - 1) / 2 - row) * tile_km north and (col - (t - 1) / 2) * tile_km east."""
+    row, col = np.divmod(np.arange(tiles * tiles), tiles)
+    north = ((tiles - 1) / 2.0 - row) * tile_km
+    east = (col - (tiles - 1) / 2.0) * tile_km
+    return _offset(np.asarray(lat)[:, None], np.asarray(lon)[:, None], north[None], east[None])
 
 
 def synthesize(
@@ -180,14 +209,29 @@ def synthesize(
     num_classes: int = 8,
     split: bool = True,
     progress: bool = True,
+    tiles: int = 1,
 ) -> str:
-    """Write a synthetic geo-world of ``n`` samples (``n // dates`` places x ``dates``)."""
+    """Write a synthetic geo-world of ``n`` samples: ``n // (dates * tiles**2)`` places x ``dates``
+    x ``tiles**2`` tiles. With ``tiles`` = t > 1 each place and date is rendered once as a scene of
+    ``t * size`` px and cut into t x t adjacent ``size`` px tiles, each with its own centre lat/lon
+    (``size * 10`` m apart, row 0 northernmost), the place's label and the scene's ``time``.
+    ``group`` (only with ``dates`` > 1) is one footprint over its dates: tiles of one scene never
+    share it. Samples are place-major, then date, then tile (row-major)."""
     if n < 3:
         raise ConfigError(f"--n must be at least 3, got {n}")
     if size < 8:
         raise ConfigError(f"--size must be at least 8, got {size}")
     if dates < 1 or n % dates:
         raise ConfigError(f"--dates must be >= 1 and divide --n ({n}), got {dates}")
+    if isinstance(tiles, bool) or not isinstance(tiles, (int, np.integer)) or tiles < 1:
+        raise ConfigError(f"--tiles must be a whole number >= 1 (tiles per scene side), got {tiles!r}")
+    tiles = int(tiles)
+    per_place = dates * tiles * tiles
+    if n % per_place:
+        raise ConfigError(
+            f"--n ({n}) must be a multiple of --dates x --tiles^2 = {dates} x {tiles * tiles} = {per_place} "
+            f"(samples per place), e.g. --n {max(per_place, n - n % per_place)}"
+        )
     if not 2 <= num_classes <= 64:
         raise ConfigError(f"--classes must be between 2 and 64, got {num_classes}")
     try:
@@ -196,43 +240,55 @@ def synthesize(
         raise ConfigError(f"--bands: {e}") from None
     band_idx = [S2_BANDS.index(b) for b in band_names]
     rng = np.random.default_rng(seed)
-    places = n // dates
+    places = n // per_place
     p_lat, p_lon = sample_locations(rng, places)
     p_cls = class_field(rng, num_classes, p_lat, p_lon)
     recipes = _class_recipes(rng, num_classes)
-    # Sample order: place-major, so the dates of one place are consecutive.
+    # Scenes (one per place and date) are place-major, so the dates of one place are consecutive;
+    # each scene gives tiles * tiles consecutive samples.
+    scenes = places * dates
     place = np.repeat(np.arange(places), dates)
     start = date(2021, 1, 1)
-    offsets = (np.tile(np.arange(dates), places) * (365 // dates) + rng.integers(0, 30, n)) % 365
+    offsets = (np.tile(np.arange(dates), places) * (365 // dates) + rng.integers(0, 30, scenes)) % 365
     day_of_year = offsets + 1
+    n_tiles = tiles * tiles
+    if tiles == 1:
+        t_lat, t_lon = p_lat[:, None], p_lon[:, None]
+    else:
+        t_lat, t_lon = tile_centres(p_lat, p_lon, tiles, size * GSD / 1000.0)
     from tqdm.auto import tqdm
 
-    attrs = {"synthetic": True, "seed": seed, "num_places": places}
+    attrs = {"synthetic": True, "seed": seed, "num_places": places, "tiles_per_side": tiles}
     with H5Writer(
         out,
         bands=band_names,
         size=(size, size),
-        gsd=10.0,
+        gsd=GSD,
         source=f"ssl-rs synthetic geo-world (seed={seed}); not real imagery",
         class_names=[r["name"] for r in recipes],
         attrs=attrs,
         seed=seed,
     ) as writer:
         bar = tqdm(total=n, desc="synthesising", unit="img", disable=not progress)
-        for lo in range(0, n, CHUNK):
-            idx = np.arange(lo, min(n, lo + CHUNK))
+        step = max(1, CHUNK // n_tiles)  # scenes rendered at once: about CHUNK tiles' worth of pixels
+        for lo in range(0, scenes, step):
+            idx = np.arange(lo, min(scenes, lo + step))
             pl = place[idx]
-            images = render(rng, p_cls[pl], p_lat[pl], day_of_year[idx], recipes, band_idx, size)
+            images = render(rng, p_cls[pl], p_lat[pl], day_of_year[idx], recipes, band_idx, size, tiles)
+            if tiles > 1:
+                images = cut_tiles(images, tiles)
             for j, i in enumerate(idx):
-                writer.append(
-                    images[j],
-                    lat=p_lat[pl[j]],
-                    lon=p_lon[pl[j]],
-                    label=int(p_cls[pl[j]]),
-                    time=(start + timedelta(days=int(offsets[i]))).isoformat(),
-                    group=int(pl[j]) if dates > 1 else None,
-                )
-            bar.update(len(idx))
+                when = (start + timedelta(days=int(offsets[i]))).isoformat()
+                for k in range(n_tiles):
+                    writer.append(
+                        images[j * n_tiles + k],
+                        lat=t_lat[pl[j], k],
+                        lon=t_lon[pl[j], k],
+                        label=int(p_cls[pl[j]]),
+                        time=when,
+                        group=int(pl[j]) * n_tiles + k if dates > 1 else None,
+                    )
+            bar.update(len(idx) * n_tiles)
         bar.close()
     if split:
         from .splits import add_split

@@ -18,7 +18,8 @@ so training never sees a validation or test image.
 
 The choice is a function of (seed, epoch, position). The epoch lives in shared memory, so a
 :meth:`set_epoch` between epochs reaches DataLoader workers, persistent ones included; call it
-at the start of every epoch, before the epoch's iterator is created.
+at the start of every epoch, before the epoch's iterator is created. The shared machinery is
+:class:`~ssl_rs.data.pairs.PairedSamples`.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ from typing import Any, Dict
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .dataset import GeoDataset
+from .pairs import PairedSamples
 
 
-class TemporalPositives(Dataset):
+class TemporalPositives(PairedSamples):
     """Adds ``image_positive`` (another date of the same place) to each item of ``dataset``."""
+
+    added_keys = frozenset({"image_positive", "has_temporal_positive", "index_positive"})
 
     def __init__(self, dataset: GeoDataset, seed: int = 0):
         if dataset.group_all is None:
@@ -43,9 +46,7 @@ class TemporalPositives(Dataset):
                 f"{dataset.path}: group: temporal positives need a 'group' dataset "
                 "(a place id shared by the dates of one place); this file has none"
             )
-        self.dataset = dataset
-        self.seed = seed
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        super().__init__(dataset, seed)
         file_index = np.asarray(dataset.indices, np.int64)
         group = np.asarray(dataset.group_all)[file_index]
         if "time" in dataset.present:
@@ -62,13 +63,6 @@ class TemporalPositives(Dataset):
         ends = np.searchsorted(sorted_groups, group, side="right")
         self._span = np.stack([starts, ends], axis=1).astype(np.int64)
 
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
     def candidates(self, position: int) -> np.ndarray:
         """Dataset positions of the other dates of this position's place."""
         start, end = self._span[position]
@@ -77,47 +71,9 @@ class TemporalPositives(Dataset):
 
     def positive_position(self, position: int) -> int:
         """The position whose image is the positive of ``position`` this epoch (itself if none)."""
-        candidates = self.candidates(position)
-        if len(candidates) == 0:
-            return position
-        rng = np.random.default_rng([self.seed, self.epoch, position])
-        return int(candidates[rng.integers(len(candidates))])
+        return self.partner_position(position)
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        item = self.dataset[i]
-        j = self.positive_position(int(i))
-        if j == i:
-            item["image_positive"] = item["image"]
-        else:
-            item["image_positive"] = self.dataset[j]["image"]
-        item["has_temporal_positive"] = torch.tensor(j != i)
-        item["index_positive"] = torch.tensor(int(self.dataset.indices[j]), dtype=torch.int64)
-        return item
-
-    # -- what trainers and regularizers read from the training dataset ------------------
-    @property
-    def keys(self) -> set:
-        return self.dataset.keys | {"image_positive", "has_temporal_positive", "index_positive"}
-
-    @property
-    def path(self):
-        return self.dataset.path
-
-    @property
-    def indices(self) -> np.ndarray:
-        return self.dataset.indices
-
-    @property
-    def lat(self) -> np.ndarray:
-        return self.dataset.lat
-
-    @property
-    def lon(self) -> np.ndarray:
-        return self.dataset.lon
-
-    @property
-    def group_all(self) -> np.ndarray:
-        return self.dataset.group_all
+    def add_partner(self, item: Dict[str, Any], position: int, partner: int) -> None:
+        item["image_positive"] = self.partner_image(item, position, partner)
+        item["has_temporal_positive"] = torch.tensor(partner != position)
+        item["index_positive"] = torch.tensor(int(self.dataset.indices[partner]), dtype=torch.int64)

@@ -34,6 +34,26 @@ def test_synth_split_info(capsys, tmp_path):
     assert code == 0 and "split     random (default)" in out
 
 
+def test_synth_tiles(capsys, tmp_path):
+    path = tmp_path / "tiles.h5"
+    code, out, _ = run(capsys, "data", "synth", "-o", str(path), "--n", "72", "--size", "8", "--dates", "2", "--tiles", "3")
+    assert code == 0 and "72 synthetic samples (4 places x 2 dates x 3x3 tiles)" in out
+    with h5py.File(path) as f:
+        assert f.attrs["tiles_per_side"] == 3 and len(f["images"]) == 72 and len(set(f["group"][:])) == 36
+
+
+def test_convert_major_tom_stride(capsys, shared_data, tmp_path):
+    out = tmp_path / "mt.h5"
+    src = str(shared_data / "major_tom_core_s2l2a_sample")
+    code, stdout, err = run(capsys, "data", "convert", "major-tom", src, "-o", str(out), "--patch-size", "512", "--stride", "256")
+    assert code == 0, err
+    assert "18 samples" in stdout  # 2 cells x 3 x 3 corners (0, 256, 512)
+    with h5py.File(out) as f:
+        assert f.attrs["stride"] == 256 and f.attrs["patch_size"] == 512
+    code, _, err = run(capsys, "data", "convert", "major-tom", src, "-o", str(out), "--patch-size", "512", "--stride", "0")
+    assert code == 2 and "major-tom: stride must be a positive whole number of pixels, got 0" in err
+
+
 def test_list(capsys):
     code, out, _ = run(capsys, "list", "backbones")
     assert code == 0 and "resnet18" in out and "tiny_cnn" in out and "vit_small" in out
@@ -65,6 +85,8 @@ def test_eval_random_backbone(capsys, tiny_world, tmp_path, protocol):
         (["data", "convert", "eurosat", "{tmp}", "-o", "{tmp}/x.h5"], "did you mean 'eurosat-ms'?"),
         (["data", "convert", "eurosat-ms", "{tmp}/nowhere", "-o", "{tmp}/x.h5"], "nowhere"),
         (["data", "synth", "-o", "{tmp}/s.h5", "--n", "10", "--dates", "3"], "--dates must be >= 1 and divide --n"),
+        (["data", "synth", "-o", "{tmp}/s.h5", "--n", "30", "--tiles", "2"], "--n (30) must be a multiple of --dates x"),
+        (["data", "synth", "-o", "{tmp}/s.h5", "--n", "30", "--tiles", "0"], "--tiles must be a whole number >= 1"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, tmp_path, tiny_world, argv, message):

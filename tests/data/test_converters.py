@@ -19,6 +19,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from ssl_rs.data.bands import S2_BANDS, S2_BANDS_L2A, S2_GSD
 from ssl_rs.data.converters import CONVERTERS, convert
 from ssl_rs.data.converters.bigearthnet import CLASSES_19, CLASSES_43, MAP_43_TO_19
+from ssl_rs.data.converters.major_tom import convert_major_tom, patch_grid, window_means
 from ssl_rs.data.layout import check_file
 from ssl_rs.errors import ConfigError, DataError
 
@@ -219,6 +220,65 @@ def test_major_tom(tmp_path):
         assert abs((lon[b] - lon[a]) * 111.32 - 2.56) < 0.05 and abs(lat[b] - lat[a]) < 1e-3
 
 
+def one_cell(src: Path, cell: str, dst: Path) -> Path:
+    """A Major-TOM source folder holding only ``cell`` (its files linked, not copied)."""
+    product = next((src / cell.split("_")[0] / cell).iterdir())
+    folder = dst / cell.split("_")[0] / cell / product.name
+    folder.mkdir(parents=True)
+    for tif in product.glob("*.tif"):
+        (folder / tif.name).symlink_to(tif.resolve())
+    return dst
+
+
+def haversine_km(lat1, lon1, lat2, lon2):
+    la1, lo1, la2, lo2 = map(np.radians, (lat1, lon1, lat2, lon2))
+    h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
+    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+
+
+def test_major_tom_overlapping_stride(tmp_path):
+    cell = "0U_199R"
+    src = one_cell(sample("major_tom_core_s2l2a_sample"), cell, tmp_path / "src")
+    out = convert("major-tom", src, tmp_path / "half.h5", patch_size=256, stride=128, progress=False)
+    plain = convert("major-tom", src, tmp_path / "plain.h5", patch_size=256, progress=False)
+    assert patch_grid(1068, 1068, 256, 128) == (7, 7)  # corners 0, 128, ..., 768 (768 + 256 <= 1068)
+    with h5py.File(out) as f, h5py.File(plain) as g:
+        assert f.attrs["stride"] == 128 and f.attrs["patch_size"] == 256 and g.attrs["stride"] == 256
+        names, lat, lon, images = strings(f["name"]), f["lat"][:], f["lon"][:], f["images"]
+        assert names == [f"{cell}_{r}_{c}" for r in range(7) for c in range(7)]
+        at = {n: i for i, n in enumerate(names)}
+        # overlapping pixels are identical: (0, 1) starts at column 128 of (0, 0), (1, 0) at row 128
+        a, right, below = images[at[f"{cell}_0_0"]], images[at[f"{cell}_0_1"]], images[at[f"{cell}_1_0"]]
+        np.testing.assert_array_equal(right[:, :, :128], a[:, :, 128:])
+        np.testing.assert_array_equal(below[:, :128], a[:, 128:])
+        folder = next((src / "0U" / cell).iterdir())
+        b02 = read_raw(folder / "B02.tif")
+        np.testing.assert_array_equal(images[at[f"{cell}_3_5"], S2_BANDS_L2A.index("B02")], b02[384:640, 640:896])
+        # every other stride-128 patch is a stride-256 patch: same pixels, same centre
+        for r, c in ((0, 0), (2, 2), (4, 6), (6, 0)):
+            i, j = at[f"{cell}_{r}_{c}"], strings(g["name"]).index(f"{cell}_{r // 2}_{c // 2}")
+            np.testing.assert_array_equal(images[i], g["images"][j])
+            assert lat[i] == g["lat"][j] and lon[i] == g["lon"][j]
+        # centres of neighbours are stride * 10 m = 1.28 km apart, east along a row, south down a column
+        grid_lat, grid_lon = lat.reshape(7, 7), lon.reshape(7, 7)
+        east = haversine_km(grid_lat[:, :-1], grid_lon[:, :-1], grid_lat[:, 1:], grid_lon[:, 1:])
+        south = haversine_km(grid_lat[:-1], grid_lon[:-1], grid_lat[1:], grid_lon[1:])
+        np.testing.assert_allclose(east, 1.28, rtol=0.01)
+        np.testing.assert_allclose(south, 1.28, rtol=0.01)
+        assert (grid_lon[:, 1:] > grid_lon[:, :-1]).all() and (grid_lat[1:] < grid_lat[:-1]).all()
+
+
+def test_major_tom_default_stride_is_patch_size(tmp_path):
+    src = one_cell(sample("major_tom_core_s2l2a_sample"), "199U_1099R", tmp_path / "src")
+    default = convert_major_tom(src, tmp_path / "default.h5", patch_size=256, progress=False)
+    explicit = convert("major-tom", src, tmp_path / "explicit.h5", patch_size=256, stride=256, progress=False)
+    with h5py.File(default) as f, h5py.File(explicit) as g:
+        assert len(f["name"]) == 16 and f.attrs["stride"] == 256
+        for key in ("images", "lat", "lon"):
+            np.testing.assert_array_equal(f[key][:], g[key][:])
+        assert strings(f["name"]) == strings(g["name"]) and strings(f["time"]) == strings(g["time"])
+
+
 def write_tif(path: Path, array: np.ndarray, transform=None, crs=None) -> Path:
     """A small GeoTIFF; without ``crs`` and ``transform`` it has no georeferencing."""
     array = array if array.ndim == 3 else array[None]
@@ -256,6 +316,46 @@ def test_major_tom_max_cloud(tmp_path):
     with h5py.File(out) as f:
         assert len(f["name"]) == 8 and "0U_1R_0_0" not in strings(f["name"])
         assert strings(f["time"])[0] == "2020-01-01"
+
+
+def test_major_tom_stride_clouds_and_gaps(tmp_path):
+    folder = fake_major_tom_cell(tmp_path / "src")  # 96 px, rows/cols 0..32 cloudy
+    out = convert("major-tom", tmp_path / "src", tmp_path / "all.h5", patch_size=32, stride=16, progress=False)
+    assert check_file(out)["n"] == 25  # corners 0, 16, ..., 64
+    # overlapping patches: (0, 0) is all cloud, (0, 1) and (1, 0) half, (1, 1) a quarter
+    out = convert("major-tom", tmp_path / "src", tmp_path / "clear.h5", patch_size=32, stride=16, max_cloud=0.3,
+                  progress=False)
+    with h5py.File(out) as f:
+        names = strings(f["name"])
+        assert len(names) == 22 and "0U_1R_1_1" in names
+        assert not {"0U_1R_0_0", "0U_1R_0_1", "0U_1R_1_0"} & set(names)
+    # stride > patch size leaves gaps: corners 0 and 40
+    out = convert("major-tom", tmp_path / "src", tmp_path / "gaps.h5", patch_size=32, stride=40, progress=False)
+    b02 = read_raw(folder / "B02.tif")
+    with h5py.File(out) as f:
+        assert strings(f["name"]) == ["0U_1R_0_0", "0U_1R_0_1", "0U_1R_1_0", "0U_1R_1_1"]
+        np.testing.assert_array_equal(f["images"][1, S2_BANDS_L2A.index("B02")], b02[0:32, 40:72])
+        np.testing.assert_array_equal(f["images"][2, S2_BANDS_L2A.index("B02")], b02[40:72, 0:32])
+
+
+@pytest.mark.parametrize("shape, patch, stride", [((50, 37), 8, 3), ((50, 37), 8, 8), ((50, 37), 5, 11), ((9, 9), 9, 1)])
+def test_window_means_match_slicing(shape, patch, stride):
+    mask = np.random.default_rng(0).random(shape) < 0.3
+    rows, cols = patch_grid(*shape, patch, stride)
+    expected = np.array([[mask[r * stride : r * stride + patch, c * stride : c * stride + patch].mean()
+                          for c in range(cols)] for r in range(rows)])
+    np.testing.assert_array_equal(window_means(mask, patch, stride, rows, cols), expected)
+
+
+@pytest.mark.parametrize("stride, message", [(0, "stride must be a positive"), (-4, "stride must be a positive"),
+                                             (1.5, "stride=1.5 is not a valid int"), ("x", "stride='x' is not")])
+def test_major_tom_bad_stride(tmp_path, stride, message):
+    fake_major_tom_cell(tmp_path / "src")
+    with pytest.raises(ConfigError, match=message):
+        convert("major-tom", tmp_path / "src", tmp_path / "out" / "x.h5", patch_size=32, stride=stride, progress=False)
+    with pytest.raises(ConfigError, match="stride must be a positive"):
+        convert_major_tom(tmp_path / "src", tmp_path / "out" / "x.h5", patch_size=32, stride=0.5, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- bad input

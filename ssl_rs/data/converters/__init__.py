@@ -33,6 +33,8 @@ class Option:
 
     def parse(self, converter: str, value: Any) -> Any:
         try:
+            if self.type is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)  # int(1.5) would silently truncate
             parsed = self.type(value)
         except (TypeError, ValueError):
             kind = self.type.__name__
@@ -108,8 +110,9 @@ CONVERTERS: Dict[str, Converter] = {
             "Major-TOM Core-S2L2A: 1068x1068 grid cells cut into patches, 12 L2A bands",
             convert_major_tom,
             (
-                Option("patch_size", int, 128, "side of the non-overlapping patches cut from each cell (px)"),
+                Option("patch_size", int, 128, "side of the patches cut from each cell (px)"),
                 Option("max_cloud", float, 1.0, "skip patches with a larger cloud fraction (0..1; 1 keeps all)"),
+                Option("stride", int, None, "px between patch corners: < patch_size overlaps; default patch_size"),
             ),
         ),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -45,33 +45,67 @@ def find_products(src: Path) -> List[Tuple[Path, str, str]]:
     return found
 
 
-def cloud_fractions(folder: Path, grid, patch_size: int, rows: int, cols: int) -> np.ndarray:
-    """(rows, cols) fraction of flagged pixels per patch; any non-zero mask value counts as
-    cloud (the mask's classes - thick/thin cloud, shadow - are all unusable for pretraining)."""
+def patch_grid(height: int, width: int, patch_size: int, stride: int) -> Tuple[int, int]:
+    """(rows, cols) of the patches whose top-left corners are at 0, stride, 2 * stride, ... and that
+    fit entirely inside a ``height`` x ``width`` raster (the partial border is dropped)."""
+    return (height - patch_size) // stride + 1, (width - patch_size) // stride + 1
+
+
+def window_means(mask: np.ndarray, patch_size: int, stride: int, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) mean of ``mask`` over the ``patch_size`` windows of the stride grid (windows may
+    overlap or leave gaps), from a summed-area table: exact integer counts / patch_size**2."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    top = np.arange(rows) * stride
+    left = np.arange(cols) * stride
+    y0, y1 = top[:, None], top[:, None] + patch_size
+    x0, x1 = left[None, :], left[None, :] + patch_size
+    counts = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return counts / float(patch_size * patch_size)
+
+
+def cloud_fractions(
+    folder: Path, grid, patch_size: int, rows: int, cols: int, stride: Optional[int] = None
+) -> np.ndarray:
+    """(rows, cols) fraction of flagged pixels per patch of the stride grid (default stride:
+    ``patch_size``, non-overlapping); any non-zero mask value counts as cloud (the mask's
+    classes - thick/thin cloud, shadow - are all unusable for pretraining)."""
     path = folder / CLOUD_MASK
     with open_geotiff(path) as ds:
         check_aligned(ds, path, grid)
         if (ds.height, ds.width) != (grid.height, grid.width):
             raise DataError(f"{path}: size: {ds.height}x{ds.width} px, expected {grid.height}x{grid.width} like B02")
         flagged = ds.read(1) != 0
-    flagged = flagged[: rows * patch_size, : cols * patch_size]
-    return flagged.reshape(rows, patch_size, cols, patch_size).mean(axis=(1, 3))
+    return window_means(flagged, patch_size, patch_size if stride is None else stride, rows, cols)
 
 
 def convert_major_tom(
-    src: Path, out: Path, *, patch_size: int = 128, max_cloud: float = 1.0, progress: bool = True
+    src: Path,
+    out: Path,
+    *,
+    patch_size: int = 128,
+    max_cloud: float = 1.0,
+    stride: Optional[int] = None,
+    progress: bool = True,
 ) -> Path:
-    """Convert Major-TOM Core-S2L2A to the ssl-rs layout: each cell is cut into non-overlapping
-    ``patch_size`` patches (the partial border is dropped), 12 bands on the 10 m grid (bilinear),
-    each patch with its own centre lat/lon, ``time`` from the product id, ``name`` =
-    ``<cell>_<row>_<col>``. Patches whose cloud fraction exceeds ``max_cloud`` are skipped.
-    No ``group``: each place appears once; the cells are listed in the ``tiles`` attribute."""
-    if patch_size < 1:
-        raise ConfigError(f"major-tom: patch_size must be a positive number of pixels, got {patch_size}")
+    """Convert Major-TOM Core-S2L2A to the ssl-rs layout: each cell is cut into ``patch_size``
+    patches whose top-left corners are ``stride`` px apart (default ``stride = patch_size``:
+    non-overlapping; smaller: overlapping neighbours, larger: gaps; the partial border is dropped),
+    12 bands on the 10 m grid (bilinear), each patch with its own centre lat/lon, ``time`` from the
+    product id, ``name`` = ``<cell>_<row>_<col>`` (the patch's index in the stride grid). Patches
+    whose cloud fraction exceeds ``max_cloud`` are skipped. No ``group``: patches of one cell are
+    neighbouring places, not dates; the cells are listed in the ``tiles`` attribute."""
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+        raise ConfigError(f"major-tom: patch_size must be a positive number of pixels, got {patch_size!r}")
+    if stride is None:
+        stride = patch_size
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ConfigError(f"major-tom: stride must be a positive whole number of pixels, got {stride!r}")
+    patch_size, stride = int(patch_size), int(stride)
     if not 0.0 <= max_cloud <= 1.0:
         raise ConfigError(f"major-tom: max_cloud must be a fraction in [0, 1], got {max_cloud}")
     products = find_products(src)
-    layouts = []  # per product: (rows, cols) of whole patches
+    layouts = []  # per product: (rows, cols) of whole patches in the stride grid
     for folder, cell, _ in products:
         reference = band_files(folder, ["B02"], BAND_PATTERN)["B02"]
         with open_geotiff(reference) as ds:
@@ -79,7 +113,7 @@ def convert_major_tom(
                 raise ConfigError(
                     f"major-tom: patch_size {patch_size} is larger than {reference} ({ds.height}x{ds.width} px)"
                 )
-            layouts.append((ds.height // patch_size, ds.width // patch_size))
+            layouts.append(patch_grid(ds.height, ds.width, patch_size, stride))
     cells = [cell for _, cell, _ in products]
     with H5Writer(
         out,
@@ -87,22 +121,24 @@ def convert_major_tom(
         size=(patch_size, patch_size),
         gsd=GSD,
         source=f"Major-TOM Core-S2L2A (Francis & Czerkawski, 2024), converted from {src}",
-        attrs={"product": "L2A", "tiles": cells, "patch_size": patch_size, "max_cloud": max_cloud},
+        attrs={"product": "L2A", "tiles": cells, "patch_size": patch_size, "stride": stride, "max_cloud": max_cloud},
     ) as writer, tqdm(
         total=sum(r * c for r, c in layouts), desc="major-tom", unit="patch", disable=None if progress else True
     ) as bar:
         for (folder, cell, day), (rows, cols) in zip(products, layouts):
             files = band_files(folder, S2_BANDS_L2A, BAND_PATTERN)
             image, grid = stack_bands(files, S2_BANDS_L2A, reference="B02")
-            clouds = cloud_fractions(folder, grid, patch_size, rows, cols) if max_cloud < 1.0 else None
-            # centre of patch (r, c) is at pixel position ((r + 0.5) * ps, (c + 0.5) * ps)
+            clouds = cloud_fractions(folder, grid, patch_size, rows, cols, stride) if max_cloud < 1.0 else None
+            # patch (r, c) covers rows r*stride .. r*stride + ps and cols c*stride .. c*stride + ps;
+            # its centre is at the fractional pixel position (r * stride + ps / 2, c * stride + ps / 2)
             r_idx, c_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-            lat, lon = grid.latlon((r_idx + 0.5) * patch_size, (c_idx + 0.5) * patch_size)
+            lat, lon = grid.latlon(r_idx * stride + patch_size / 2.0, c_idx * stride + patch_size / 2.0)
             for r in range(rows):
                 for c in range(cols):
                     bar.update(1)
                     if clouds is not None and clouds[r, c] > max_cloud:
                         continue
-                    patch = image[:, r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size]
+                    y, x = r * stride, c * stride
+                    patch = image[:, y : y + patch_size, x : x + patch_size]
                     writer.append(patch, lat=float(lat[r, c]), lon=float(lon[r, c]), time=day, name=f"{cell}_{r}_{c}")
     return Path(out)
