@@ -6,6 +6,7 @@ from . import csp  # noqa: F401  (location contrastive)
 from . import scalemae  # noqa: F401  (MIM baseline)
 from . import satmae  # noqa: F401  (MIM baseline)
 from . import crossscalemae  # noqa: F401  (MIM baseline)
+from . import neighbormae  # noqa: F401  (MIM on neighbouring pairs)
 from .base import BaseMethod, BaseMomentumMethod, momentum_schedule, warmup_cosine
 
 __all__ = ["BaseMethod", "BaseMomentumMethod", "momentum_schedule", "warmup_cosine"]

@@ -14,11 +14,11 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import BaseMethod
 from .csp import image_location_info_nce
 from .scalemae import random_square_crops
 from .vit_utils import (
     MaskedDecoder,
+    ViTMethod,
     check_image,
     check_mask_ratio,
     embed_tokens,
@@ -44,7 +44,7 @@ def _side(side: int, area: float, patch_size: int) -> int:
 
 
 @METHODS.register("crossscalemae", summary="Cross-Scale MAE: MAE on two nested scales + cross-scale InfoNCE")
-class CrossScaleMAE(BaseMethod):
+class CrossScaleMAE(ViTMethod):
     """Masked autoencoder on two views of each image at different scales.
 
     Each step makes two views of every image itself (one ``eval`` view, the whole tile, or any
@@ -94,15 +94,6 @@ class CrossScaleMAE(BaseMethod):
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"method 'crossscalemae': {key} must satisfy 0 < min <= max <= 1, got {list(scale)}")
         return lo, hi
-
-    @property
-    def vit(self):
-        """The timm ViT inside the backbone (a property, so its weights live once, under ``backbone.``)."""
-        return self.backbone.model
-
-    @property
-    def embed_dim(self) -> int:
-        return self.backbone.num_features
 
     # -- views ---------------------------------------------------------------------------
     def two_scales(self, images: Tensor) -> Tuple[Tensor, Tensor, Dict[str, float]]:

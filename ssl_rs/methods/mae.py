@@ -8,9 +8,9 @@ from lightly.models.utils import patchify
 from torch import Tensor, nn
 
 from ..registry import METHODS
-from .base import BaseMethod
 from .vit_utils import (
     MaskedDecoder,
+    ViTMethod,
     check_image,
     check_mask_ratio,
     embed_tokens,
@@ -24,7 +24,7 @@ from .vit_utils import (
 
 
 @METHODS.register("mae", summary="MAE: ViT on visible patches, light decoder, MSE on masked patches")
-class MAE(BaseMethod):
+class MAE(ViTMethod):
     """Masked autoencoder on any number of bands.
 
     The encoder is the registered ViT backbone run on the visible patches only (its own patch and
@@ -48,15 +48,6 @@ class MAE(BaseMethod):
         self.decoder = MaskedDecoder(backbone.num_features, decoder_dim, decoder_depth, decoder_heads,
                                      num_prefix_tokens=self.vit.num_prefix_tokens)
         self.predictor = nn.Linear(decoder_dim, self.patch_size**2 * backbone.in_chans)
-
-    @property
-    def vit(self):
-        """The timm ViT inside the backbone (a property, so its weights live once, under ``backbone.``)."""
-        return self.backbone.model
-
-    @property
-    def embed_dim(self) -> int:
-        return self.backbone.num_features
 
     def reconstruct(self, images: Tensor, idx_keep: Tensor, idx_mask: Tensor,
                     target: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

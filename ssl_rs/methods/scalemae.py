@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from .base import BaseMethod
 from .vit_utils import (
     MaskedDecoder,
+    ViTMethod,
     check_image,
     check_mask_ratio,
     encode_visible,
@@ -49,7 +49,7 @@ def frequency_targets(images: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 @METHODS.register("scalemae", summary="ScaleMAE: GSD-scaled position encodings, low/high-frequency targets")
-class ScaleMAE(BaseMethod):
+class ScaleMAE(ViTMethod):
     """Scale-aware masked autoencoder.
 
     Each step crops every image (one ``eval`` view, the whole tile) to a random square of area
@@ -103,14 +103,6 @@ class ScaleMAE(BaseMethod):
         self.high_head = nn.Linear(decoder_dim, self.patch_size**2 * channels)
         vit.pos_embed.requires_grad = False
         self.set_native_encoding(1.0)
-
-    @property
-    def vit(self):
-        return self.backbone.model
-
-    @property
-    def embed_dim(self) -> int:
-        return self.backbone.num_features
 
     # -- GSD -----------------------------------------------------------------------------
     def on_train_start(self) -> None:

@@ -16,6 +16,21 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .base import BaseMethod
+
+
+class ViTMethod(BaseMethod):
+    """Base of the methods that run the backbone's timm ViT themselves (MAE, ScaleMAE, Cross-Scale
+    MAE, NeighborMAE); each checks its backbone with :func:`timm_vit` in ``__init__``."""
+
+    @property
+    def vit(self) -> VisionTransformer:
+        """The timm ViT inside the backbone (a property, so its weights live once, under ``backbone.``)."""
+        return self.backbone.model
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.num_features
 
 
 def timm_vit(backbone: nn.Module, method: str) -> VisionTransformer:
@@ -129,13 +144,19 @@ class MaskedDecoder(nn.Module):
         self.blocks = nn.Sequential(*[Block(decoder_dim, num_heads, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(decoder_dim, eps=1e-6)
 
-    def forward(self, encoded: Tensor, idx_keep: Tensor, num_patches: int, pos: Optional[Tensor] = None) -> Tensor:
+    def forward(self, encoded: Tensor, idx_keep: Tensor, num_patches: int, pos: Optional[Tensor] = None,
+                keep_valid: Optional[Tensor] = None) -> Tensor:
         """``encoded``: (B, prefix + K, D) encoder output; ``pos``: (N, d) or (B, N, d) position
-        encoding of the full grid (default: the unscaled square-grid one)."""
+        encoding of the full grid (default: the unscaled square-grid one). ``keep_valid`` (B, K)
+        bool marks which of the K encoded tokens were really visible; the others (padding of
+        per-sample mask ratios, hidden from the encoder by an attention mask) get the mask token."""
         x = self.embed(encoded)
         prefix, visible = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
         b = x.shape[0]
-        full = self.mask_token.to(x.dtype).expand(b, num_patches, -1).clone()
+        mask_token = self.mask_token.to(x.dtype)
+        if keep_valid is not None:
+            visible = torch.where(keep_valid.unsqueeze(-1), visible, mask_token)
+        full = mask_token.expand(b, num_patches, -1).clone()
         full = full.scatter(1, idx_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), visible)
         if pos is None:
             pos = sincos_pos_embed(self.decoder_dim, int(round(num_patches**0.5)), device=x.device)
@@ -144,11 +165,18 @@ class MaskedDecoder(nn.Module):
         return out[:, self.num_prefix_tokens:]
 
 
+def patch_mean_std(patches: Tensor, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """Mean and std (with ``eps`` added to the variance) of each patch over its pixels and bands;
+    the unbiased variance, as the MAE and NeighborMAE authors' code computes it."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return mean, (var + eps).sqrt()
+
+
 def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
     """MAE's per-patch normalised targets: subtract each patch's mean, divide by its std."""
-    mean = patches.mean(dim=-1, keepdim=True)
-    var = patches.var(dim=-1, keepdim=True, unbiased=False)
-    return (patches - mean) / (var + eps).sqrt()
+    mean, std = patch_mean_std(patches, eps)
+    return (patches - mean) / std
 
 
 def masked_patch_mse(pred: Tensor, target: Tensor, idx_mask: Tensor, norm_pix: bool = False) -> Tensor:

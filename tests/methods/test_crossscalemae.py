@@ -10,13 +10,10 @@ import pytest
 import torch
 
 from ssl_rs.backbones import create_backbone
-from ssl_rs.config import load_config
 from ssl_rs.errors import ConfigError
 from ssl_rs.methods.crossscalemae import CrossScaleMAE, cross_scale_info_nce
 from ssl_rs.methods.vit_utils import random_patch_mask
 from ssl_rs.train import load_backbone_from_checkpoint, pretrain
-
-CONFIGS = Path(__file__).resolve().parents[2] / "zoo_configs" / "synthetic"
 
 
 def vit(in_chans=3):
@@ -124,15 +121,10 @@ def test_registered():
     assert "crossscalemae" in METHODS.names()
 
 
-def test_trains_and_checkpoint_evaluates_like_the_run(tiny_world, tmp_path):
+def test_trains_and_checkpoint_evaluates_like_the_run(tiny_world, tiny_mim_config):
     from ssl_rs.evaluation.harness import evaluate
 
-    cfg = load_config(CONFIGS / "crossscalemae.yaml", [
-        f"data.path={tiny_world}", f"output.dir={tmp_path}/runs", "data.batch_size=32", "data.num_workers=0",
-        "trainer.max_epochs=1", "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0", "eval.schemes=null",
-        "backbone.args.depth=2", "method.args.decoder_dim=32", "method.args.decoder_depth=1",
-        "method.args.decoder_heads=2",
-    ])
+    cfg = tiny_mim_config(tiny_world, "crossscalemae")
     result = pretrain(cfg)
     assert result["steps"] >= 2
     in_run = result["eval"]["random"]["metrics"]["knn"]

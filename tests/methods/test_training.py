@@ -195,7 +195,7 @@ def test_existing_run_is_not_overwritten_silently(tiny_world, tmp_path):
     assert pretrain(cfg, evaluate_after=False)["epochs"] == 1
 
 
-@pytest.mark.parametrize("method", ["satmae", "scalemae", "csp"])
+@pytest.mark.parametrize("method", ["satmae", "scalemae", "neighbormae", "csp"])
 def test_checkpoint_of_non_contrastive_methods_evaluates_the_same(tiny_world, tmp_path, method):
     from ssl_rs.evaluation.harness import evaluate
 
