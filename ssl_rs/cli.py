@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -128,7 +129,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     t = args.tiles
     places = args.n // (args.dates * t * t)
     tiles = f" x {t}x{t} tiles" if t > 1 else ""
-    print(f"wrote {out}: {args.n} synthetic samples ({places} places x {args.dates} dates{tiles})")
+    dates = f"{args.dates} date" + ("s" if args.dates > 1 else "")
+    print(f"wrote {out}: {args.n} synthetic samples ({places} places x {dates}{tiles})")
     return 0
 
 
@@ -324,9 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"ssl-rs: {level}{record.getMessage()}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The library logs what a user should know about their data (e.g. how many samples have
+    # neighbours) at INFO; the CLI shows it on stderr, for this call only.
+    logger = logging.getLogger("ssl_rs")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter())
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
         return args.func(args)
     except SslRsError as e:
@@ -335,6 +352,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("ssl-rs: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 if __name__ == "__main__":

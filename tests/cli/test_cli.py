@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import pytest
@@ -125,3 +128,16 @@ def test_convert_eurosat_cli(capsys, shared_data, tmp_path):
     assert -10 <= info["lon_range"][0] and info["lon_range"][1] <= 34
     with h5py.File(out) as f:
         assert list(f.attrs["bands"])[7:9] == ["B08", "B8A"]
+
+
+def test_pretrain_shows_the_library_log_lines(capsys, tmp_path):
+    world = tmp_path / "tiles.h5"
+    assert run(capsys, "data", "synth", "-o", str(world), "--n", "64", "--size", "16", "--tiles", "2")[0] == 0
+    config = Path(__file__).resolve().parents[2] / "zoo_configs" / "synthetic" / "neighbormae.yaml"
+    code, _, err = run(capsys, "pretrain", "-c", str(config), f"data.path={world}", f"output.dir={tmp_path}/runs",
+                       "data.batch_size=16", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                       "trainer.knn_every_n_epochs=0", "eval.schemes=null", "backbone.args.depth=1",
+                       "method.args.decoder_dim=32", "method.args.decoder_depth=1", "method.args.decoder_heads=2")
+    assert code == 0
+    assert re.search(r"ssl-rs: neighbour pairs: \d+ of \d+ training samples have a neighbour", err)
+    assert not logging.getLogger("ssl_rs").handlers  # the CLI's handler is gone after the call
