@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from .errors import SslRsError
+from .errors import ConfigError, SslRsError
 
 EXIT_USAGE = 2
 
@@ -116,6 +116,9 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.synth import synthesize
 
+    if not args.block_km >= 0:
+        raise ConfigError(f"--block-km must be positive (or 0 for no spatial-block split), got {args.block_km}")
+
     out = synthesize(
         args.output,
         n=args.n,
@@ -131,6 +134,12 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     tiles = f" x {t}x{t} tiles" if t > 1 else ""
     dates = f"{args.dates} date" + ("s" if args.dates > 1 else "")
     print(f"wrote {out}: {args.n} synthetic samples ({places} places x {dates}{tiles})")
+    if args.block_km > 0:
+        from .data.splits import add_split
+
+        counts = add_split(out, "spatial-block", block_km=args.block_km, seed=args.seed)
+        print(f"added split spatial-block ({args.block_km:g} km blocks): "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
@@ -279,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=8, help="number of land-cover classes (default 8)")
     p.add_argument("--tiles", type=int, default=1, help="cut each place's scene into TILES x TILES adjacent "
                    "--size tiles, each with its own lat/lon (neighbour pairs; --n counts tiles; default 1)")
+    p.add_argument("--block-km", type=float, default=500.0,
+                   help="block size of the spatial-block split added next to the random one (default 500, "
+                        "as the demo and the synthetic zoo configs expect; 0 adds none)")
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("split", help="add a random or spatially blocked train/val/test split")

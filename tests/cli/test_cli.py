@@ -24,7 +24,9 @@ def run(capsys, *argv):
 def test_synth_split_info(capsys, tmp_path):
     path = tmp_path / "w.h5"
     code, out, _ = run(capsys, "data", "synth", "-o", str(path), "--n", "60", "--size", "8", "--dates", "2")
-    assert code == 0 and "60 synthetic samples" in out
+    assert code == 0 and "60 synthetic samples" in out and "added split spatial-block (500 km blocks)" in out
+    with h5py.File(path) as f:
+        assert f["splits/spatial-block"].attrs["block_km"] == 500
     code, out, _ = run(capsys, "data", "split", str(path), "--scheme", "spatial-block", "--block-km", "300")
     assert code == 0 and "splits/spatial-block" in out
     code, out, _ = run(capsys, "data", "info", str(path), "--json")
@@ -35,6 +37,13 @@ def test_synth_split_info(capsys, tmp_path):
         assert key in info
     code, out, _ = run(capsys, "data", "info", str(path))
     assert code == 0 and "split     random (default)" in out
+
+
+def test_synth_without_spatial_split(capsys, tmp_path):
+    path = tmp_path / "w.h5"
+    assert run(capsys, "data", "synth", "-o", str(path), "--n", "30", "--size", "8", "--block-km", "0")[0] == 0
+    with h5py.File(path) as f:
+        assert set(f["splits"]) == {"random"}
 
 
 def test_synth_tiles(capsys, tmp_path):
@@ -90,6 +99,7 @@ def test_eval_random_backbone(capsys, tiny_world, tmp_path, protocol):
         (["data", "synth", "-o", "{tmp}/s.h5", "--n", "10", "--dates", "3"], "--dates must be >= 1 and divide --n"),
         (["data", "synth", "-o", "{tmp}/s.h5", "--n", "30", "--tiles", "2"], "--n (30) must be a multiple of --dates x"),
         (["data", "synth", "-o", "{tmp}/s.h5", "--n", "30", "--tiles", "0"], "--tiles must be a whole number >= 1"),
+        (["data", "synth", "-o", "{tmp}/s.h5", "--n", "30", "--block-km", "-5"], "--block-km must be positive"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, tmp_path, tiny_world, argv, message):
