@@ -22,23 +22,32 @@ from .location_encoders import (
 
 
 def image_location_info_nce(image: Tensor, location: Tensor, temperature: float,
-                            extra_locations: Optional[Tensor] = None) -> Tensor:
+                            extra_locations: Optional[Tensor] = None, gather_distributed: bool = True) -> Tensor:
     """Symmetric in-batch InfoNCE between paired image and location embeddings.
 
     With cosine logits ``s_ij = <img_i, loc_j> / (|img_i| |loc_j| temperature)`` the loss is
     ``(CE(s, I) + CE(s^T, I)) / 2``: each image must pick its own place among the batch's places,
     and each place its own image. ``extra_locations`` (embeddings of random places) are further
-    negatives for the image -> location direction only.
+    negatives for the image -> location direction only. Under DDP (``gather_distributed``) the
+    batch is the global one: each process scores its own rows against the embeddings of every
+    process (lightly's differentiable ``gather``), so the mean of the processes' losses equals
+    the single-process loss on the whole batch (equal per-process batches, as ``drop_last`` gives).
     """
+    from lightly.utils import dist
+
     img = F.normalize(image.float(), dim=-1)
     loc = F.normalize(location.float(), dim=-1)
-    logits = img @ loc.T / temperature
-    labels = torch.arange(img.shape[0], device=img.device)
-    image_to_location = logits
+    all_img, all_loc, offset = img, loc, 0
+    if gather_distributed and dist.world_size() > 1:
+        all_img, all_loc = torch.cat(dist.gather(img)), torch.cat(dist.gather(loc))
+        offset = dist.rank() * img.shape[0]
+    labels = torch.arange(img.shape[0], device=img.device) + offset
+    image_to_location = img @ all_loc.T / temperature
+    location_to_image = loc @ all_img.T / temperature
     if extra_locations is not None and extra_locations.numel():
         extra = F.normalize(extra_locations.float(), dim=-1)
-        image_to_location = torch.cat([logits, img @ extra.T / temperature], dim=1)
-    return 0.5 * (F.cross_entropy(image_to_location, labels) + F.cross_entropy(logits.T, labels))
+        image_to_location = torch.cat([image_to_location, img @ extra.T / temperature], dim=1)
+    return 0.5 * (F.cross_entropy(image_to_location, labels) + F.cross_entropy(location_to_image, labels))
 
 
 def random_sphere_locations(n: int, device=None) -> Tuple[Tensor, Tensor]:

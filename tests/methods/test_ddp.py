@@ -1,5 +1,6 @@
-"""Two-process DDP on CPU (gloo): negatives are gathered from every process, so the mean of
-the per-process losses equals the single-process loss on the same global batch; and a real
+"""Two-process DDP on CPU (gloo): negatives are gathered from every process (SimCLR; the
+CSP / Cross-Scale MAE InfoNCE), so the mean of the per-process losses (and the summed gradients)
+equal the single-process ones on the same global batch; and a real
 `ssl-rs pretrain` with Lightning's ddp strategy completes."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssl_rs.backbones import create_backbone
+from ssl_rs.methods.csp import image_location_info_nce
 from ssl_rs.methods.simclr import SimCLR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +66,43 @@ def test_gathered_loss_equals_single_process_loss(tmp_path):
     # without gathering, each half sees fewer negatives and the loss differs: the check can fail
     half_only = sum(float(_method().ssl_loss([v[i:i + 4] for v in _views()], {})[0].detach()) for i in (0, 4)) / 2
     assert half_only != pytest.approx(float(single), rel=1e-3)
+
+
+def _pairs():
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(GLOBAL_BATCH, 6, generator=g), torch.randn(GLOBAL_BATCH, 6, generator=g)
+
+
+def _info_nce_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        image, location = (t.requires_grad_() for t in _pairs())
+        half = GLOBAL_BATCH // world
+        rows = slice(rank * half, (rank + 1) * half)
+        loss = image_location_info_nce(image[rows], location[rows], 0.1)
+        (loss / world).backward()  # DDP averages gradients over processes
+        grads = torch.cat([image.grad, location.grad])
+        dist.all_reduce(grads)
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
+        if rank == 0:
+            Path(out).write_text(json.dumps({"loss": float(mean) / world, "grad": grads.tolist()}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_csp_and_cross_scale_info_nce_gather_negatives(tmp_path):
+    out = tmp_path / "nce.json"
+    mp.spawn(_info_nce_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    ddp = json.loads(out.read_text())
+    image, location = (t.requires_grad_() for t in _pairs())
+    single = image_location_info_nce(image, location, 0.1)
+    single.backward()
+    assert ddp["loss"] == pytest.approx(float(single.detach()), rel=1e-5)
+    assert torch.allclose(torch.tensor(ddp["grad"]), torch.cat([image.grad, location.grad]), atol=1e-6)
+    halves = [float(image_location_info_nce(image[i:i + 4], location[i:i + 4], 0.1).detach()) for i in (0, 4)]
+    assert sum(halves) / 2 != pytest.approx(float(single.detach()), rel=1e-3)  # per-device negatives would differ
 
 
 def test_lightning_ddp_pretrain_completes(tiny_world, tmp_path):
