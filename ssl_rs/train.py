@@ -50,6 +50,32 @@ class SeededRandomSampler(Sampler[int]):
         return self.n
 
 
+class RankShardSampler(Sampler[int]):
+    """This process's share of ``0..n-1`` in order, padded to equal shares like
+    ``DistributedSampler(shuffle=False)``; the rank is read when iterating (after Lightning has
+    initialised ``torch.distributed``). For the monitoring loaders of runs whose training loader
+    shards itself (the ``geo_neighbors`` batch sampler), where Lightning must not inject samplers."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    @staticmethod
+    def shard() -> Tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    def __iter__(self) -> Iterator[int]:
+        world, rank = self.shard()
+        padded = [i % self.n for i in range(len(self) * world)]
+        return iter(padded[rank::world])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.shard()[0])
+
+
 def _import_registries() -> None:
     from . import augmentations, backbones, methods  # noqa: F401  (registration on import)
     from .geo import regularizers  # noqa: F401
@@ -161,8 +187,11 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
         except DataError:
             val_ds = None  # no val split: monitoring is skipped, the final evaluation still runs
         if val_ds is not None:
-            eval_common = dict(batch_size=max(d.batch_size, 256), shuffle=False, **common)
-            val_loaders = [DataLoader(train_ds, **eval_common), DataLoader(val_ds, **eval_common)]
+            eval_common = dict(batch_size=max(d.batch_size, 256), **common)
+            # the geo_neighbors batch sampler shards itself, so Lightning injects no samplers there
+            sharded = d.sampler == "geo_neighbors"
+            val_loaders = [DataLoader(ds, sampler=RankShardSampler(len(ds)) if sharded else None, **eval_common)
+                           for ds in (train_ds, val_ds)]
     return {"method": method, "train_loader": train_loader, "val_loaders": val_loaders, "train_dataset": train_ds}
 
 
@@ -212,6 +241,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_p
         callbacks=callbacks, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
         check_val_every_n_epoch=max(1, t.knn_every_n_epochs), num_sanity_val_steps=0,
         enable_model_summary=False,
+        # GeoNeighborBatchSampler splits its batches across processes itself (Lightning cannot
+        # rebuild it around a DistributedSampler), and the monitoring loaders then use RankShardSampler
+        use_distributed_sampler=cfg.data.sampler != "geo_neighbors",
     )
     if t.limit_train_batches is not None:
         kwargs["limit_train_batches"] = t.limit_train_batches

@@ -14,9 +14,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..geo.distances import EARTH_RADIUS_KM
 from .layout import SPLIT_CODES, _check_open, open_h5, write_split
 
-KM_PER_DEGREE = 6371.0088 * np.pi / 180.0
+KM_PER_DEGREE = EARTH_RADIUS_KM * np.pi / 180.0
 SCHEMES = ("random", "spatial-block")
 
 

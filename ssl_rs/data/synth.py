@@ -30,10 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..geo.distances import EARTH_RADIUS_KM
 from .bands import S2_BANDS, S2_BANDS_L2A, normalize_band_name
 from .layout import H5Writer
-
-EARTH_RADIUS_KM = 6371.0088
 
 # Reflectance (0..1) of archetypal materials in S2_BANDS order
 # (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12), after typical library spectra.

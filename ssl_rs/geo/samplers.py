@@ -9,16 +9,16 @@ random samples, which serve as distant samples.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ..errors import ConfigError
+from .distances import EARTH_RADIUS_KM
 
 log = logging.getLogger(__name__)
-
-EARTH_RADIUS_KM = 6371.0088
 
 
 class AnchorOrder(Sampler[int]):
@@ -46,8 +46,13 @@ class GeoNeighborBatchSampler(Sampler[List[int]]):
     filler in other batches); no sample appears twice in a batch. The order and the choices
     depend only on (seed, epoch): call :meth:`set_epoch` (Lightning does, through
     ``self.sampler``, the anchor order). Positions are dataset positions, so pass the
-    ``lat``/``lon`` of the dataset the DataLoader reads (``GeoDataset.lat``/``.lon``). Single
-    process only: it is not split across distributed ranks.
+    ``lat``/``lon`` of the dataset the DataLoader reads (``GeoDataset.lat``/``.lon``).
+
+    Under DDP every process draws the same sequence of batches and keeps every ``world``-th one
+    (batch ``i`` goes to rank ``i % world``), so the processes see disjoint anchors and the same
+    number of batches (the last ``total % world`` batches are dropped). The rank and world size
+    are read from ``torch.distributed`` when the batches are drawn (Lightning initialises it after
+    the DataLoader is built), unless given.
 
     Args:
         lat, lon: degrees, one per dataset position.
@@ -57,6 +62,8 @@ class GeoNeighborBatchSampler(Sampler[List[int]]):
         drop_last: drop the last batch when the anchors left do not fill it; otherwise it
             holds the remaining anchors and their neighbours, without filler.
         seed: base seed of the anchor order and of the choices.
+        num_replicas, rank: the DDP world size and this process's rank (default: from
+            ``torch.distributed`` if initialised, else a single process).
     """
 
     def __init__(
@@ -68,6 +75,8 @@ class GeoNeighborBatchSampler(Sampler[List[int]]):
         neighbors_per_anchor: int = 1,
         drop_last: bool = True,
         seed: int = 0,
+        num_replicas: Optional[int] = None,
+        rank: Optional[int] = None,
     ):
         lat = np.asarray(lat, np.float64)
         lon = np.asarray(lon, np.float64)
@@ -86,6 +95,10 @@ class GeoNeighborBatchSampler(Sampler[List[int]]):
             raise ConfigError(f"geo_neighbors sampler: neighbor_km must be > 0, got {neighbor_km}")
         if len(lat) < batch_size:  # a full batch holds distinct samples
             raise ConfigError(f"geo_neighbors sampler: {len(lat)} samples do not fill one batch of {batch_size}")
+        if (num_replicas is None) != (rank is None) or (num_replicas is not None and not 0 <= rank < num_replicas):
+            raise ConfigError(f"geo_neighbors sampler: need 0 <= rank < num_replicas (or neither), "
+                              f"got rank={rank}, num_replicas={num_replicas}")
+        self.num_replicas, self.rank = num_replicas, rank
         self.n = len(lat)
         self.batch_size = batch_size
         self.neighbor_km = float(neighbor_km)
@@ -112,19 +125,33 @@ class GeoNeighborBatchSampler(Sampler[List[int]]):
         """Dataset positions within ``neighbor_km`` of ``position`` (itself excluded)."""
         return self.neighbor_positions[self.neighbor_offsets[position]:self.neighbor_offsets[position + 1]]
 
-    def __len__(self) -> int:
+    def shard(self) -> Tuple[int, int]:
+        """(world size, rank) this sampler draws for."""
+        if self.num_replicas is not None:
+            return self.num_replicas, self.rank
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
+
+    def total_batches(self) -> int:
+        """Batches of one epoch over all processes."""
         full, rest = divmod(self.n, self.anchors_per_batch)
         return full + (1 if rest and not self.drop_last else 0)
 
+    def __len__(self) -> int:
+        world, _ = self.shard()
+        return self.total_batches() // world
+
     def __iter__(self) -> Iterator[List[int]]:
+        world, rank = self.shard()
         rng = np.random.default_rng([self.seed, self.sampler.epoch, 1])  # choices; the order has its own stream
         order = list(iter(self.sampler))
-        for start in range(0, self.n, self.anchors_per_batch):
+        for i in range(len(self) * world):
+            start = i * self.anchors_per_batch
             anchors = order[start:start + self.anchors_per_batch]
-            full = len(anchors) == self.anchors_per_batch
-            if not full and self.drop_last:
-                return
-            yield self._batch(anchors, rng, top_up=full)
+            batch = self._batch(anchors, rng, top_up=len(anchors) == self.anchors_per_batch)
+            if i % world == rank:  # every process draws every batch, so the rng streams agree
+                yield batch
 
     def _batch(self, anchors: List[int], rng: np.random.Generator, top_up: bool) -> List[int]:
         in_batch = set(anchors)

@@ -49,6 +49,39 @@ def test_batches_have_the_right_size_and_length(tiny_world):
         assert all(0 <= i < len(ds) for b in batches for i in b)
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_ddp_ranks_take_disjoint_alternate_batches_of_one_sequence(tiny_world, drop_last):
+    ds = GeoDataset(tiny_world)  # 120 samples, 7 anchors per batch: 17 full batches + 1 partial
+    single = list(_sampler(ds, batch_size=14, drop_last=drop_last, seed=5))
+    ranks = [_sampler(ds, batch_size=14, drop_last=drop_last, seed=5, num_replicas=3, rank=r) for r in range(3)]
+    for r, sampler in enumerate(ranks):
+        assert len(sampler) == len(single) // 3  # equal counts, or DDP would hang on the last step
+        assert list(sampler) == single[r::3][: len(sampler)]
+    order, a = list(ranks[0].sampler), ranks[0].anchors_per_batch
+    seen = []
+    for r, sampler in enumerate(ranks):  # batch k of the sequence carries anchors order[k a:(k + 1) a]
+        for j, batch in enumerate(sampler):
+            anchors = order[(r + 3 * j) * a:(r + 3 * j + 1) * a]
+            assert set(anchors) <= set(batch)
+            seen += anchors
+    assert len(seen) == len(set(seen))  # no anchor on two processes
+    with pytest.raises(ConfigError, match="rank < num_replicas"):
+        _sampler(ds, num_replicas=2, rank=2)
+
+
+def test_monitoring_loaders_shard_like_a_distributed_sampler(monkeypatch):
+    from ssl_rs.train import RankShardSampler
+
+    assert list(RankShardSampler(5)) == [0, 1, 2, 3, 4]  # no process group: everything
+    shares = []
+    for rank in range(2):
+        monkeypatch.setattr(RankShardSampler, "shard", staticmethod(lambda rank=rank: (2, rank)))
+        sampler = RankShardSampler(5)
+        shares.append(list(sampler))
+        assert len(sampler) == 3
+    assert shares == [[0, 2, 4], [1, 3, 0]]  # padded to equal shares, as DistributedSampler(shuffle=False)
+
+
 def test_anchors_bring_neighbours_within_radius_and_cover_the_epoch(tiny_world):
     ds = GeoDataset(tiny_world)
     sampler = _sampler(ds, batch_size=16, neighbor_km=15.0, neighbors_per_anchor=1)

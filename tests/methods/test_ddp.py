@@ -105,17 +105,21 @@ def test_csp_and_cross_scale_info_nce_gather_negatives(tmp_path):
     assert sum(halves) / 2 != pytest.approx(float(single.detach()), rel=1e-3)  # per-device negatives would differ
 
 
-def test_lightning_ddp_pretrain_completes(tiny_world, tmp_path):
+@pytest.mark.parametrize("config, steps", [
+    ("mocov2", (84 // 2) // 16),  # each process takes half of the 84 training samples
+    ("mocov2_tile2vec", (84 // 8) // 2),  # 8 anchors per batch of 16; the batches alternate between processes
+])
+def test_lightning_ddp_pretrain_completes(tiny_world, tmp_path, config, steps):
     cmd = [
-        sys.executable, "-m", "ssl_rs.cli", "pretrain", "-c", str(REPO / "zoo_configs/synthetic/mocov2.yaml"),
+        sys.executable, "-m", "ssl_rs.cli", "pretrain", "-c", str(REPO / f"zoo_configs/synthetic/{config}.yaml"),
         f"data.path={tiny_world}", f"output.dir={tmp_path}", "output.name=ddp", "trainer.max_epochs=1",
         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=16",
         "data.num_workers=0", "trainer.progress_bar=false", "backbone.args.width=8", "method.args.queue_size=64",
-        "eval.schemes=null",
+        "eval.schemes=null", "trainer.knn_every_n_epochs=1",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Starting with 2 processes" in proc.stderr + proc.stdout
     result = json.loads((tmp_path / "ddp" / "results.json").read_text())
-    assert result["steps"] == (84 // 2) // 16  # each process takes half of the 84 training samples
+    assert result["steps"] == steps
     assert "acc_macro" in result["eval"]["random"]["metrics"]["knn"]
