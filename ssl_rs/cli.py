@@ -233,7 +233,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg, resume=args.resume)
-    if "eval" in result:
+    if result.get("eval_skipped"):
+        print(f"run {result['run_dir']}: {result['epochs']} epochs in {result['train_seconds']:.0f} s "
+              f"(no final evaluation: {result['eval_skipped'].split(',')[0]})")
+    elif "eval" in result:
         rows = []
         for scheme, res in result["eval"].items():
             for protocol, metrics in res["metrics"].items():

@@ -95,6 +95,7 @@ class EvalConfig:
     knn_temperature: float = 0.07
     schemes: Optional[List[str]] = None  # final k-NN on these split schemes; default: the training one
     linear: bool = False
+    data: Optional[str] = None  # labelled file the final evaluation scores on; default: the pretraining file
 
 
 @dataclass

@@ -125,8 +125,9 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
         train_source = NeighborPairs(train_ds, max_offset=d.neighbor_max_offset, seed=cfg.trainer.seed)
         paired = round(train_source.neighbor_fraction * len(train_source))
         report = log.info if paired else log.warning  # no pair at all: the method sees only self-pairs
-        report("neighbour pairs: %d of %d training samples have a neighbour within %g footprint sides; "
-               "the rest are paired with themselves", paired, len(train_source), d.neighbor_max_offset)
+        rest = "; the rest are paired with themselves" if paired < len(train_source) else ""
+        report("neighbour pairs: %d of %d training samples have a neighbour within %g footprint sides%s",
+               paired, len(train_source), d.neighbor_max_offset, rest)
     regularizer = None
     if cfg.geo.name:
         reg_entry = REGULARIZERS.get(cfg.geo.name)
@@ -265,6 +266,9 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
         )
     if not resume and cfg.output.overwrite and os.environ.get("LOCAL_RANK", "0") == "0":
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # no stale best.ckpt from an older run
+    skipped = check_evaluation(cfg) if evaluate_after else None  # before hours of training, not after
+    if skipped:
+        log.warning("%s", skipped)
     built = build(cfg)
     method, train_ds = built["method"], built["train_dataset"]
     monitor = None
@@ -282,21 +286,52 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
                               "epochs": trainer.current_epoch, "steps": trainer.global_step,
                               "config": to_dict(cfg)}
     if evaluate_after and trainer.is_global_zero:
-        result["eval"] = evaluate_method(method, cfg, progress=cfg.trainer.progress_bar)
+        if skipped:
+            result["eval"], result["eval_skipped"] = {}, skipped
+        else:
+            result["eval"] = evaluate_method(method, cfg, progress=cfg.trainer.progress_bar)
         (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def evaluation_plan(cfg: DictConfig) -> Tuple[str, List[Optional[str]]]:
+    """The file the final evaluation scores (``eval.data``, else the pretraining file) and its
+    split schemes (``eval.schemes``, else the training scheme, or the file's default scheme when
+    ``eval.data`` is another file)."""
+    path = cfg.eval.data or cfg.data.path
+    if cfg.eval.schemes:
+        return path, list(cfg.eval.schemes)
+    return path, [None if cfg.eval.data else cfg.data.scheme]
+
+
+def check_evaluation(cfg: DictConfig) -> Optional[str]:
+    """Fail before training when the final evaluation could not run (missing file, band or split
+    scheme); return why it will be skipped when the file simply has no labels (unlabelled
+    pretraining data such as SSL4EO-S12 or Major-TOM), else None."""
+    from .data.dataset import GeoDataset
+
+    path, schemes = evaluation_plan(cfg)
+    if cfg.eval.data and not Path(path).is_file():
+        raise ConfigError(f"eval.data: {path} not found")
+    bands = list(cfg.data.bands) if cfg.data.bands else None
+    if GeoDataset(path, bands=bands if cfg.eval.data else None).target_key is None:
+        return (f"{path} has no labels, so the final k-NN evaluation is skipped: set eval.data to a labelled "
+                "ssl-rs file, or score the checkpoint later with `ssl-rs eval knn --checkpoint ... --data ...`")
+    for scheme in schemes:
+        GeoDataset(path, split="train", scheme=scheme)  # a missing scheme names `ssl-rs data split`
+    return None
 
 
 def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str, Any]:
     """k-NN (and linear, if asked) on each requested split scheme, through the shared harness."""
     from .evaluation.harness import evaluate
 
-    schemes = list(cfg.eval.schemes) if cfg.eval.schemes else [cfg.data.scheme]
+    path, schemes = evaluation_plan(cfg)
     protocols = ["knn"] + (["linear"] if cfg.eval.linear else [])
     backbone = method.backbone
     out = {}
     for scheme in schemes:
-        res = evaluate(backbone, cfg.data.path, scheme=scheme, protocols=protocols,
+        res = evaluate(backbone, path, scheme=scheme, protocols=protocols,
                        size=cfg.augmentation.size, bands=list(cfg.data.bands) if cfg.data.bands else None,
                        batch_size=max(cfg.data.batch_size, 256), knn_k=cfg.eval.knn_k,
                        knn_temperature=cfg.eval.knn_temperature, progress=progress, seed=cfg.trainer.seed)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ssl_rs.config import load_config
+from ssl_rs.errors import DataError
 from ssl_rs.geo.base import GeoRegularizer
 from ssl_rs.registry import METHODS, REGULARIZERS
 from ssl_rs.train import build, load_backbone_from_checkpoint, make_trainer, pretrain
@@ -206,3 +207,38 @@ def test_checkpoint_of_non_contrastive_methods_evaluates_the_same(tiny_world, tm
     again = evaluate(backbone, tiny_world, bands=saved["data_bands"], size=saved["augmentation"]["size"],
                      progress=False)["metrics"]["knn"]
     assert again == pytest.approx(in_run)
+
+
+def _unlabelled(world, tmp_path):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "unlabelled.h5"
+    shutil.copy(world, path)
+    with h5py.File(path, "r+") as f:
+        del f["label"]
+        del f.attrs["class_names"]
+    return path
+
+
+def test_unlabelled_pretraining_data_skips_the_final_evaluation_or_uses_eval_data(tiny_world, tmp_path):
+    from ssl_rs.errors import ConfigError
+
+    unlabelled = _unlabelled(tiny_world, tmp_path)
+    cfg = config(unlabelled, tmp_path, "simclr", None)
+    result = pretrain(cfg)
+    assert result["eval"] == {} and "has no labels" in result["eval_skipped"]
+    saved = json.loads((Path(result["run_dir"]) / "results.json").read_text())
+    assert saved["eval_skipped"] == result["eval_skipped"]
+    # a labelled file for the final evaluation (its own default split scheme)
+    cfg = config(unlabelled, tmp_path, "simclr", None, f"eval.data={tiny_world}", "output.name=evaldata")
+    result = pretrain(cfg)
+    assert "eval_skipped" not in result and result["eval"]["random"]["n_test"] > 0
+    # mistakes surface before training, not after it
+    for override, error in ((f"eval.data={tmp_path}/missing.h5", "eval.data: .*missing.h5 not found"),
+                            ("eval.schemes=[spatial-block]", "splits/spatial-block: split scheme not found")):
+        cfg = config(tiny_world, tmp_path, "simclr", None, override, "output.name=early")
+        with pytest.raises((ConfigError, DataError), match=error):
+            pretrain(cfg)
+        assert not (tmp_path / "runs" / "early").exists()
