@@ -17,12 +17,16 @@ from .vit_utils import (
     MaskedDecoder,
     ViTMethod,
     check_image,
+    check_gsd_encodable,
     check_mask_ratio,
+    embed_tokens_at_gsd,
     encode_visible,
     masked_patch_mse,
     patch_size_of,
     pooled,
     random_patch_mask,
+    require_own_crops,
+    set_frozen_gsd_encoding,
     sincos_pos_embed,
     timm_vit,
 )
@@ -75,13 +79,8 @@ class ScaleMAE(ViTMethod):
                  gsd: Optional[float] = None, reference_gsd: Optional[float] = None, **kwargs):
         super().__init__(backbone, **kwargs)
         vit = timm_vit(backbone, "scalemae")
-        preset = getattr(self.augmentation, "name", "eval")
-        if preset != "eval":  # crops made elsewhere would change the GSD without the method knowing
-            raise ConfigError(f"method 'scalemae' makes its own crops to know their GSD; use augmentation.name: eval, "
-                              f"not {preset!r}")
-        if vit.pos_embed is None or vit.num_prefix_tokens > 1 or getattr(vit, "no_embed_class", False):
-            raise ConfigError("method 'scalemae': needs a ViT with an absolute position embedding "
-                              "and at most a CLS token")
+        require_own_crops(self.augmentation, "scalemae")  # crops made elsewhere would change the GSD unseen
+        check_gsd_encodable(vit, "scalemae")
         self.mask_ratio = check_mask_ratio(mask_ratio, "scalemae")
         self.patch_size = patch_size_of(vit)
         if self.patch_size % 2:
@@ -101,7 +100,6 @@ class ScaleMAE(ViTMethod):
         channels = backbone.in_chans
         self.low_head = nn.Linear(decoder_dim, (self.patch_size // 2) ** 2 * channels)
         self.high_head = nn.Linear(decoder_dim, self.patch_size**2 * channels)
-        vit.pos_embed.requires_grad = False
         self.set_native_encoding(1.0)
 
     # -- GSD -----------------------------------------------------------------------------
@@ -119,27 +117,13 @@ class ScaleMAE(ViTMethod):
         native = 1.0 if self.gsd is None or self.reference_gsd is None else self.gsd / self.reference_gsd
         return native * input_side_in_data_pixels / input_side
 
-    @torch.no_grad()
     def set_native_encoding(self, ratio: float) -> None:
         """Write the encoding at ``ratio`` into the backbone's frozen position embedding."""
-        vit = self.vit
-        grid = vit.patch_embed.grid_size
-        if grid[0] != grid[1]:
-            raise ConfigError(f"method 'scalemae': needs a square patch grid, got {tuple(grid)}")
-        pos = sincos_pos_embed(vit.embed_dim, grid[0], float(ratio), device=vit.pos_embed.device)
-        vit.pos_embed[:, vit.num_prefix_tokens:] = pos.to(vit.pos_embed.dtype)
-        vit.pos_embed[:, : vit.num_prefix_tokens] = 0.0
+        set_frozen_gsd_encoding(self.vit, ratio)
 
     def embed_tokens(self, images: Tensor, ratio: Tensor) -> Tensor:
         """Patch tokens plus the GSD-scaled encoding (one ratio per sample), CLS token first."""
-        vit = self.vit
-        grid = check_image(images, self.patch_size, "scalemae")
-        tokens = vit.patch_embed(images).reshape(images.shape[0], grid * grid, -1)
-        tokens = tokens + sincos_pos_embed(vit.embed_dim, grid, ratio, device=images.device).to(tokens.dtype)
-        if vit.cls_token is not None:
-            cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(images.shape[0], -1, -1)
-            tokens = torch.cat([cls.to(tokens.dtype), tokens], dim=1)
-        return vit.pos_drop(tokens)
+        return embed_tokens_at_gsd(self.vit, images, ratio, "scalemae")
 
     # -- loss ----------------------------------------------------------------------------
     def reconstruct(self, images: Tensor, ratio: Tensor, idx_keep: Tensor,

@@ -1,4 +1,5 @@
-"""Shared pieces of the masked-image-modelling methods (MAE, ScaleMAE).
+"""Shared pieces of the masked-image-modelling methods (MAE, ScaleMAE, Cross-Scale MAE, ...),
+including the GSD-scaled position encoding of ScaleMAE.
 
 The encoder is always the registered timm ViT of ``method.backbone``: these helpers run its own
 patch embedding, position embedding, prefix (CLS) tokens, blocks and final norm on the visible
@@ -94,6 +95,56 @@ def encode_visible(vit: VisionTransformer, tokens: Tensor, idx_keep: Tensor) -> 
 def embed_tokens(vit: VisionTransformer, x: Tensor) -> Tensor:
     """The ViT's own patch embedding, then CLS token and (resampled) position embedding."""
     return vit._pos_embed(vit.patch_embed(x))
+
+
+# -- GSD-scaled position encoding (ScaleMAE; Cross-Scale MAE with ``gsd_encoding``) -------------
+# Patch positions get MAE's sine-cosine encoding at positions multiplied by ``ratio`` = the input's
+# GSD relative to a reference, so the code says how much ground a patch step covers. The backbone's
+# own position embedding holds the encoding at the native ratio and is frozen: the harness runs the
+# plain forward and must see the encoding pretraining used at that scale.
+
+
+def require_own_crops(augmentation: Optional[nn.Module], method: str) -> None:
+    """A method that knows each input's GSD only from the crops it makes itself refuses views
+    that were cropped (rescaled) elsewhere."""
+    preset = getattr(augmentation, "name", "eval")
+    if preset != "eval":
+        raise ConfigError(f"method {method!r} makes its own crops to know their GSD; use augmentation.name: eval, "
+                          f"not {preset!r}")
+
+
+def check_gsd_encodable(vit: VisionTransformer, method: str) -> None:
+    """The GSD-scaled encoding replaces an absolute position embedding of a square patch grid
+    with at most a CLS token in front."""
+    if vit.pos_embed is None or vit.num_prefix_tokens > 1 or getattr(vit, "no_embed_class", False):
+        raise ConfigError(f"method {method!r}: needs a ViT with an absolute position embedding "
+                          "and at most a CLS token")
+    grid = vit.patch_embed.grid_size
+    if grid[0] != grid[1]:
+        raise ConfigError(f"method {method!r}: needs a square patch grid, got {tuple(grid)}")
+
+
+@torch.no_grad()
+def set_frozen_gsd_encoding(vit: VisionTransformer, ratio: float = 1.0) -> None:
+    """Write the encoding at ``ratio`` into the backbone's position embedding (zero for the CLS
+    token) and freeze it, so the plain forward uses it and the optimiser leaves it alone."""
+    grid = vit.patch_embed.grid_size[0]
+    pos = sincos_pos_embed(vit.embed_dim, grid, float(ratio), device=vit.pos_embed.device)
+    vit.pos_embed[:, vit.num_prefix_tokens:] = pos.to(vit.pos_embed.dtype)
+    vit.pos_embed[:, : vit.num_prefix_tokens] = 0.0
+    vit.pos_embed.requires_grad = False
+
+
+def embed_tokens_at_gsd(vit: VisionTransformer, images: Tensor, ratio: Tensor, method: str) -> Tensor:
+    """Patch tokens plus the encoding at ``ratio`` (one per sample), CLS token first: what
+    :func:`embed_tokens` gives at the native ratio, for inputs of any GSD."""
+    grid = check_image(images, patch_size_of(vit), method)
+    tokens = vit.patch_embed(images).reshape(images.shape[0], grid * grid, -1)
+    tokens = tokens + sincos_pos_embed(vit.embed_dim, grid, ratio, device=images.device).to(tokens.dtype)
+    if vit.cls_token is not None:
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(images.shape[0], -1, -1)
+        tokens = torch.cat([cls.to(tokens.dtype), tokens], dim=1)
+    return vit.pos_drop(tokens)
 
 
 def pooled(vit: VisionTransformer, encoded: Tensor) -> Tensor:
