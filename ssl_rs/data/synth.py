@@ -12,7 +12,9 @@ geography-aware SSL worth having:
   grass, urban, soil and snow reflectance curves), a per-class texture (stripes, blobs, grid or
   speckle) mixing in a secondary material, latitude-dependent illumination, seasonal
   vegetation change between dates, and sensor noise;
-* optionally several dates per place (``group`` ids), for temporal positives;
+* optionally several dates per place (``group`` ids), for temporal positives: the dates of a
+  place show the same ground (texture and clutter layout), with their own season, light, haze
+  and noise, as co-registered cloud-free acquisitions do;
 * optionally each place as a larger scene cut into ``tiles`` x ``tiles`` adjacent tiles, each with
   its own centre lat/lon, whose content continues across tile borders (neighbouring pairs).
 
@@ -146,11 +148,16 @@ def render(
     band_idx: Sequence[int],
     size: int,
     tiles: int = 1,
+    layout: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Images (n, C, tiles * size, tiles * size) uint16 (reflectance x 10000) for places of class
     ``cls``: one scene per place and date, with the texture and clutter scale of a ``size`` image
-    (``tiles`` > 1 renders more ground around the place, not a magnified view)."""
+    (``tiles`` > 1 renders more ground around the place, not a magnified view). ``layout`` (n,)
+    says which scenes share their ground (texture and clutter: the dates of one place); default:
+    none do."""
     n = len(cls)
+    layout = np.arange(n) if layout is None else np.asarray(layout)
+    first = np.unique(layout, return_index=True)[1]  # one texture per layout, drawn in order
     side = tiles * size
     spectra = np.asarray([[MATERIALS[m] for m in (r["main"], r["second"])] for r in recipes])  # K, 2, 13
     main = spectra[cls, 0] * np.stack([r["tint"] for r in recipes])[cls]
@@ -161,13 +168,16 @@ def render(
     green[[4, 5, 6, 7, 8]] = 0.25
     veg = np.array([recipes[c]["main"] in VEGETATION for c in cls])
     main = main * (1 + np.where(veg, season, 0.0)[:, None] * green[None])
-    texture = _textures(rng, n, size, recipes, cls, tiles) * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
+    m, shared = len(first), np.searchsorted(layout[first], layout)  # layouts, and each scene's
+    texture = _textures(rng, m, size, recipes, cls[first], tiles)[shared]
+    texture = texture * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
     image = main[:, :, None, None] * (1 - texture[:, None]) + second[:, :, None, None] * texture[:, None]
-    # Clutter: a random material (any class's) over random blobs, so appearance alone is ambiguous.
-    clutter_spec = spectra.reshape(-1, len(S2_BANDS))[rng.integers(0, spectra.shape[0] * 2, n)]
-    coarse = torch.from_numpy(rng.random((n, 1, 4 * tiles, 4 * tiles)).astype(np.float32))
+    # Clutter: a random material (any class's) over random blobs, so appearance alone is ambiguous;
+    # part of the ground, so shared by the dates of a place like the texture.
+    clutter_spec = spectra.reshape(-1, len(S2_BANDS))[rng.integers(0, spectra.shape[0] * 2, m)][shared]
+    coarse = torch.from_numpy(rng.random((m, 1, 4 * tiles, 4 * tiles)).astype(np.float32))
     blobs = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
-    clutter = (blobs > rng.uniform(0.35, 0.9, (n, 1, 1))) * rng.uniform(0.5, 1.0, (n, 1, 1))
+    clutter = ((blobs > rng.uniform(0.35, 0.9, (m, 1, 1))) * rng.uniform(0.5, 1.0, (m, 1, 1)))[shared]
     image = image * (1 - clutter[:, None]) + clutter_spec[:, :, None, None] * clutter[:, None]
     illumination = 0.7 + 0.3 * np.cos(np.radians(lat))  # lower sun at high latitudes
     image = image * illumination[:, None, None, None] * rng.uniform(0.6, 1.4, (n, 1, 1, 1))
@@ -269,11 +279,13 @@ def synthesize(
         seed=seed,
     ) as writer:
         bar = tqdm(total=n, desc="synthesising", unit="img", disable=not progress)
-        step = max(1, CHUNK // n_tiles)  # scenes rendered at once: about CHUNK tiles' worth of pixels
+        # scenes rendered at once: about CHUNK tiles' worth of pixels, whole places (their dates
+        # share one ground texture)
+        step = max(dates, (CHUNK // n_tiles) // dates * dates)
         for lo in range(0, scenes, step):
             idx = np.arange(lo, min(scenes, lo + step))
             pl = place[idx]
-            images = render(rng, p_cls[pl], p_lat[pl], day_of_year[idx], recipes, band_idx, size, tiles)
+            images = render(rng, p_cls[pl], p_lat[pl], day_of_year[idx], recipes, band_idx, size, tiles, layout=pl)
             if tiles > 1:
                 images = cut_tiles(images, tiles)
             for j, i in enumerate(idx):

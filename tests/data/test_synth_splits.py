@@ -204,3 +204,18 @@ def test_add_split_to_file(world_copy):
         assert f["splits/spatial-block"].attrs["block_km"] == 500
     with pytest.raises(ConfigError, match="unknown split scheme"):
         add_split(world_copy, "checkerboard")
+
+
+def test_dates_of_a_place_show_the_same_ground(tmp_path):
+    path = synthesize(tmp_path / "dates.h5", n=240, size=16, seed=4, dates=2, progress=False)
+    with h5py.File(path) as f:
+        images, group = f["images"][:].astype(np.float64), f["group"][:]
+    same, other = [], []
+    for g in np.unique(group)[:60]:
+        a, b = np.where(group == g)[0]
+        c = np.where(group == (g + 1) % group.max())[0][0]
+        same.append(np.corrcoef(images[a].mean(0).ravel(), images[b].mean(0).ravel())[0, 1])
+        other.append(np.corrcoef(images[a].mean(0).ravel(), images[c].mean(0).ravel())[0, 1])
+    # the layout (texture, clutter) is shared; season, light, haze and noise are not
+    assert np.nanmean(same) > 0.4 > 0.15 > abs(np.nanmean(other))
+    assert not np.array_equal(images[0], images[1])
