@@ -6,7 +6,9 @@ Run directory layout (``<output.dir>/<output.name>``)::
     config.yaml          the full resolved config
     checkpoints/         last.ckpt, best.ckpt (best online k-NN on the val split)
     tb/                  TensorBoard logs (every loss term, lr, EMA momentum, online k-NN)
-    results.json         final k-NN (and linear) metrics per split scheme, timing
+    results.json         final k-NN (and linear) metrics per split scheme of the pretraining
+                         file or of ``eval.data``, timing; ``eval_skipped`` says why there are
+                         none (a file without labels)
 """
 
 from __future__ import annotations
