@@ -217,6 +217,8 @@ def _quiet_lightning() -> None:
             logger.addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+    # the online k-NN is computed on features gathered from every process, so syncing it is moot
+    warnings.filterwarnings("ignore", message=r".*self\.log\('val/knn_.*sync_dist=True.*")
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_per_epoch: Optional[int] = None):
