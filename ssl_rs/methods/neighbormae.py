@@ -41,6 +41,7 @@ from .vit_utils import (
     patch_size_of,
     pooled,
     timm_vit,
+    write_frozen_pos_embed,
 )
 
 POS_EXTENT = 32.0  # side of the square a pair's union box is mapped onto (the authors' constant)
@@ -270,20 +271,15 @@ class NeighborMAE(ViTMethod):
         nn.init.normal_(self.img_embed, std=0.02)
         nn.init.normal_(self.decoder_img_embed, std=0.02)
         self.predictor = nn.Linear(decoder_dim, self.patch_size**2 * backbone.in_chans)
-        vit.pos_embed.requires_grad_(False)
         self.sync_backbone_pos_embed()
 
-    @torch.no_grad()
     def sync_backbone_pos_embed(self) -> None:
-        """Write the single-image encoding (box (0, 32, 32, 0) + first image embedding) into the
+        """Freeze the single-image encoding (box (0, 32, 32, 0) + first image embedding) into the
         backbone's position embedding; prefix (CLS) positions get zeros, as in pretraining."""
-        vit = self.vit
-        grid = vit.patch_embed.grid_size[0]
-        full = torch.tensor([0.0, POS_EXTENT, POS_EXTENT, 0.0], device=vit.pos_embed.device)
-        pos = box_sincos(patch_boxes(full, grid), self.embed_dim) + self.img_embed[0].detach()
-        prefix = vit.pos_embed.shape[1] - grid * grid
-        vit.pos_embed[0, :prefix] = 0
-        vit.pos_embed[0, prefix:] = pos.to(vit.pos_embed.dtype)
+        grid = self.vit.patch_embed.grid_size[0]
+        full = torch.tensor([0.0, POS_EXTENT, POS_EXTENT, 0.0], device=self.img_embed.device)
+        encoding = box_sincos(patch_boxes(full, grid), self.embed_dim) + self.img_embed[0].detach()
+        write_frozen_pos_embed(self.vit, encoding)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.sync_backbone_pos_embed()

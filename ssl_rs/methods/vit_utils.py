@@ -125,14 +125,21 @@ def check_gsd_encodable(vit: VisionTransformer, method: str) -> None:
 
 
 @torch.no_grad()
+def write_frozen_pos_embed(vit: VisionTransformer, patch_encoding: Tensor) -> None:
+    """Write ``patch_encoding`` (N, D), one row per patch of the backbone's grid, into its
+    position embedding (zeros at the prefix (CLS) positions it holds) and freeze it, so the plain
+    forward (the harness) uses the encoding pretraining gives a whole image and the optimiser
+    leaves it alone."""
+    prefix = vit.pos_embed.shape[1] - patch_encoding.shape[0]
+    vit.pos_embed[:, :prefix] = 0.0
+    vit.pos_embed[:, prefix:] = patch_encoding.to(vit.pos_embed.device, vit.pos_embed.dtype)
+    vit.pos_embed.requires_grad_(False)
+
+
 def set_frozen_gsd_encoding(vit: VisionTransformer, ratio: float = 1.0) -> None:
-    """Write the encoding at ``ratio`` into the backbone's position embedding (zero for the CLS
-    token) and freeze it, so the plain forward uses it and the optimiser leaves it alone."""
+    """Freeze the sine-cosine encoding at ``ratio`` into the backbone's position embedding."""
     grid = vit.patch_embed.grid_size[0]
-    pos = sincos_pos_embed(vit.embed_dim, grid, float(ratio), device=vit.pos_embed.device)
-    vit.pos_embed[:, vit.num_prefix_tokens:] = pos.to(vit.pos_embed.dtype)
-    vit.pos_embed[:, : vit.num_prefix_tokens] = 0.0
-    vit.pos_embed.requires_grad = False
+    write_frozen_pos_embed(vit, sincos_pos_embed(vit.embed_dim, grid, float(ratio)))
 
 
 def embed_tokens_at_gsd(vit: VisionTransformer, images: Tensor, ratio: Tensor, method: str) -> Tensor:
