@@ -300,14 +300,15 @@ class NeighborMAE(ViTMethod):
             return vit.patch_embed.proj.weight.new_zeros(batch, 0, self.embed_dim)
         return torch.cat(parts, dim=1).expand(batch, -1, -1)
 
-    def encode_pair(self, views: Tensor, boxes: Tensor, idx_keep: Tensor, keep_valid: Tensor) -> Tensor:
-        """Joint encoding (B, prefix + 2L, D) of the kept patches of both crops (B, 2, C, S, S);
-        kept-but-invalid tokens are hidden from attention."""
+    def encode_pair(self, views: Tensor, cells: Tensor, idx_keep: Tensor, keep_valid: Tensor) -> Tensor:
+        """Joint encoding (B, prefix + 2L, D) of the kept patches of both crops (B, 2, C, S, S)
+        whose patch boxes are ``cells`` (B, 2, N, 4); kept-but-invalid tokens are hidden from
+        attention."""
         vit = self.vit
         b = views.shape[0]
         grid = check_image(views[:, 0], self.patch_size, "neighbormae")
         tokens = vit.patch_embed(views.flatten(0, 1)).reshape(b, PAIR, grid * grid, -1)
-        pos = box_sincos(patch_boxes(boxes, grid), self.embed_dim) + self.img_embed[None, :, None]
+        pos = box_sincos(cells, self.embed_dim) + self.img_embed[None, :, None]
         tokens = tokens + pos.to(tokens.dtype)
         kept = tokens.gather(2, idx_keep.unsqueeze(-1).expand(-1, -1, -1, tokens.shape[-1])).flatten(1, 2)
         prefix = self.prefix_tokens(b).to(kept.dtype)
@@ -331,10 +332,12 @@ class NeighborMAE(ViTMethod):
         """Loss terms and ``z`` for crops ``views`` (B, 2, C, S, S) with normalised frame
         ``boxes`` (B, 2, 4) and masks from :func:`pair_masks`."""
         b, _, c, s, _ = views.shape
-        n = (s // self.patch_size) ** 2
-        encoded = self.encode_pair(views, boxes, idx_keep, keep_valid)
+        grid = s // self.patch_size
+        n = grid * grid
+        cells = patch_boxes(boxes, grid)  # encoded for the encoder and, at its width, the decoder
+        encoded = self.encode_pair(views, cells, idx_keep, keep_valid)
         shift = n * torch.arange(PAIR, device=views.device).view(1, PAIR, 1)
-        dpos = box_sincos(patch_boxes(boxes, s // self.patch_size), self.decoder.decoder_dim)
+        dpos = box_sincos(cells, self.decoder.decoder_dim)
         dpos = (dpos + self.decoder_img_embed[None, :, None]).flatten(1, 2)
         decoded = self.decoder(encoded, (idx_keep + shift).flatten(1), PAIR * n, pos=dpos,
                                keep_valid=keep_valid.flatten(1))

@@ -185,8 +185,8 @@ def test_hidden_tokens_do_not_reach_the_visible_ones():
     row, col = divmod(hidden_patch, 4)
     changed[1, 0, :, row * 4:(row + 1) * 4, col * 4:(col + 1) * 4] += 5.0
     with torch.no_grad():
-        a = method.encode_pair(views, boxes, idx_keep, keep_valid)
-        b = method.encode_pair(changed, boxes, idx_keep, keep_valid)
+        a = method.encode_pair(views, patch_boxes(boxes, 4), idx_keep, keep_valid)
+        b = method.encode_pair(changed, patch_boxes(boxes, 4), idx_keep, keep_valid)
     valid = torch.cat([torch.ones(2, 1, dtype=torch.bool), keep_valid.flatten(1)], dim=1)
     assert torch.allclose(a[valid], b[valid], atol=1e-5)
 
