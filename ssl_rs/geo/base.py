@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Dict, FrozenSet, Iterable, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -36,6 +37,17 @@ class GeoRegularizer(nn.Module):
     def setup(self, dataset, embed_dim: int) -> None:
         """Called once before training with the training dataset (a ``GeoDataset``: ``.lat``,
         ``.lon``, ``.path``, ``.keys``) and the dimension of ``z``; builds heads, fits clusters."""
+
+    @staticmethod
+    def loss_dtype(z: Tensor) -> torch.dtype:
+        """The loss's dtype: at least float32, whatever precision ``z`` comes in."""
+        return torch.promote_types(z.dtype, torch.float32)
+
+    def no_pair_loss(self, z: Tensor) -> Tensor:
+        """The loss of a batch with no pair to compare (one sample): zero, with ``z`` still in the
+        graph, so the backward reaches every parameter that made ``z`` (as DDP expects)."""
+        self.metrics = {}
+        return (z.sum() * 0).to(self.loss_dtype(z))
 
     def forward(self, z: Tensor, batch: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -70,10 +70,8 @@ class GeoBasic(GeoRegularizer):
 
     def forward(self, z: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         b = z.shape[0]
-        out_dtype = torch.promote_types(z.dtype, torch.float32)
         if b < 2:
-            self.metrics = {}
-            return (z.sum() * 0).to(out_dtype)
+            return self.no_pair_loss(z)
         t = self.temperature
         with torch.autocast(device_type=z.device.type, enabled=False):
             sim, dist = similarity_and_distance(z, batch, t)
@@ -84,4 +82,4 @@ class GeoBasic(GeoRegularizer):
             penalised = in_range & (err > self.margin / t**2)
             loss = torch.where(penalised, err, 0.0).sum() / in_range.sum().clamp(min=1)
         self.metrics = pair_fractions(in_range, penalised)
-        return loss.to(out_dtype)
+        return loss.to(self.loss_dtype(z))

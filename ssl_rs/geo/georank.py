@@ -121,10 +121,8 @@ class GeoRank(GeoRegularizer):
 
     def forward(self, z: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         b = z.shape[0]
-        out_dtype = torch.promote_types(z.dtype, torch.float32)
         if b < 2:
-            self.metrics = {}
-            return (z.sum() * 0).to(out_dtype)
+            return self.no_pair_loss(z)
         # float64 throughout, as the reference computes its loss: at the default strength the
         # soft ranks resolve similarity differences of ~eps * T = 4e-5
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -150,4 +148,4 @@ class GeoRank(GeoRegularizer):
             # mean over the in-range pairs (zeroed ones included), 0 when there are none
             loss = torch.where(penalised, err, 0.0).sum() / in_range.sum().clamp(min=1) * scale
         self.metrics = pair_fractions(in_range, penalised)
-        return loss.to(out_dtype)
+        return loss.to(self.loss_dtype(z))
