@@ -59,18 +59,28 @@ class MethodConfig:
 class GeoConfig:
     name: Optional[str] = None  # None = no regularizer
     alpha: float = 0.5
+    embedding: Optional[str] = None  # which embedding it sees; default: the method's first (the GeoRank authors')
     args: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "sgd"
-    lr: float = 0.03  # for a batch of 256; scaled linearly with the global batch when scale_lr
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    scale_lr: bool = True
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    """Overrides of the method's optimisation recipe (``ssl_rs.methods.recipe.OptimRecipe``):
+    a key left null takes the method's value; the run's ``config.yaml`` holds the resolved ones."""
+
+    name: Optional[str] = None  # sgd | lars | adamw
+    lr: Optional[float] = None  # base lr, for a global batch of 256 unless lr_scaling is none
+    lr_scaling: Optional[str] = None  # linear | sqrt | none
+    schedule: Optional[str] = None  # cosine | constant (after the warm-up)
+    warmup_epochs: Optional[float] = None
+    min_lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    weight_decay_end: Optional[float] = None  # cosine schedule of the weight decay to this value
+    momentum: Optional[float] = None  # SGD / LARS
+    betas: Optional[List[float]] = None  # AdamW
+    exclude_from_decay: Optional[str] = None  # bias_norm | none
+    grad_clip: Optional[float] = None  # 0: no clipping
+    grad_clip_mode: Optional[str] = None  # global | per_parameter
 
 
 @dataclass
@@ -139,6 +149,10 @@ def _suggest(key: str, candidates: Sequence[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+#: keys that were renamed: a clear error instead of a guess
+RENAMED_KEYS = {"optimizer.scale_lr": "optimizer.lr_scaling (linear | sqrt | none; false is none)"}
+
+
 def _load_yaml(path: Path, seen: tuple = ()) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -172,6 +186,8 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Di
             cfg = OmegaConf.merge(cfg, layer)
         except (ConfigKeyError, ConfigAttributeError) as e:
             key = e.full_key or str(e.key)
+            if key in RENAMED_KEYS:
+                raise ConfigError(f"{source}: {key} was renamed {RENAMED_KEYS[key]}") from None
             raise ConfigError(f"{source}: unknown config key {key!r}{_suggest(key, keys)}") from None
         except ValidationError as e:
             raise ConfigError(f"{source}: {e.full_key}: {str(e).splitlines()[0]}") from None
@@ -180,17 +196,27 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Di
     return cfg
 
 
+#: BaseMethod arguments that come from other config sections, never from ``method.args``
+METHOD_ARGS_SET_BY_BUILD = ("augmentation", "regularizer", "alpha", "geo_embedding", "optim", "batch_size", "seed",
+                            "eval_preprocess", "knn_k", "knn_temperature")
+
+
 def check_args(kind: str, name: str, factory, args: Dict[str, Any], reserved: Sequence[str] = ()) -> None:
     """Raise ConfigError for ``args`` that ``factory`` does not accept, suggesting a close one."""
     params = inspect.signature(factory).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()) and kind != "method":
         return
     accepted = [p for p in params if p not in ("self", "backbone", *reserved)]
-    if kind == "method":  # methods pass the base-class arguments through **kwargs
-        from .methods.base import BaseMethod, BaseMomentumMethod
+    if kind == "method":  # the EMA arguments of the base class pass through **kwargs
+        from .methods.base import BaseMomentumMethod
 
-        accepted += [p for cls in (BaseMethod, BaseMomentumMethod) for p in inspect.signature(cls.__init__).parameters]
+        accepted += [p for p in inspect.signature(BaseMomentumMethod.__init__).parameters
+                     if p not in ("self", "args", "kwargs")]
+        reserved = (*reserved, *METHOD_ARGS_SET_BY_BUILD)
     for key in args:
+        if kind == "method" and key in {f.name for f in fields(OptimizerConfig)} | {"optimizer", "scale_lr"}:
+            raise ConfigError(f"method.args.{key}: optimiser settings go in the optimizer section "
+                              f"(optimizer.{'name' if key == 'optimizer' else key}=...)")
         if key not in accepted or key in reserved:
             raise ConfigError(f"{kind}.args: {name!r} has no argument {key!r}{_suggest(key, accepted)}")
 

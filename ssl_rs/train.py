@@ -144,19 +144,13 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
     if n_views > 0:
         aug_kwargs["n_views"] = n_views
     augmentation = aug_entry.factory(**aug_kwargs)
-    o = cfg.optimizer
     method = method_entry.factory(
         backbone,
         augmentation=augmentation,
         regularizer=regularizer,
         alpha=cfg.geo.alpha,
-        optimizer=o.name,
-        lr=o.lr,
-        weight_decay=o.weight_decay,
-        momentum=o.momentum,
-        scale_lr=o.scale_lr,
-        warmup_epochs=o.warmup_epochs,
-        min_lr=o.min_lr,
+        geo_embedding=cfg.geo.embedding,
+        optim=to_dict(cfg.optimizer),
         batch_size=d.batch_size,
         seed=cfg.trainer.seed,
         eval_preprocess=Preprocess(size, train_ds.band_mean, train_ds.band_std),
@@ -166,6 +160,14 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
     )
     if regularizer is not None:
         regularizer.setup(train_ds, method.embed_dim)
+    # what the run really uses, recipe and config overrides resolved, goes into config.yaml
+    overridden = sorted(k for k, v in to_dict(cfg.optimizer).items() if v is not None)
+    cfg.optimizer = OmegaConf.merge(cfg.optimizer, method.optim.as_dict())
+    if regularizer is not None:
+        cfg.geo.embedding = method.geo_embedding
+    log.info("optimiser: %s (the %s recipe; from the config: %s)",
+             ", ".join(f"{k}={v}" for k, v in method.optim.as_dict().items()), cfg.method.name,
+             ", ".join(overridden) or "nothing")
     method.run_config = to_dict(cfg)
     method.data_bands = list(train_ds.bands)
 
@@ -332,7 +334,7 @@ def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str
 
     path, schemes = evaluation_plan(cfg)
     protocols = ["knn"] + (["linear"] if cfg.eval.linear else [])
-    backbone = method.backbone
+    backbone = method.evaluated_backbone()
     out = {}
     for scheme in schemes:
         res = evaluate(backbone, path, scheme=scheme, protocols=protocols,
@@ -365,10 +367,13 @@ def load_backbone_from_checkpoint(path: str | os.PathLike) -> Tuple[torch.nn.Mod
     _import_registries()
     from .registry import METHODS
 
+    method_cls = METHODS.get(cfg["method"]["name"]).factory
+    method_args = cfg["method"].get("args") or {}
     # Methods whose encoder is not the plain backbone (SatMAE's band-group ViT) rebuild it here.
-    rebuild = getattr(METHODS.get(cfg["method"]["name"]).factory, "checkpoint_encoder", None)
+    rebuild = getattr(method_cls, "checkpoint_encoder", None)
     if rebuild is not None:
-        backbone = rebuild(backbone, cfg["method"].get("args") or {}, bands)
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+        backbone = rebuild(backbone, method_args, bands)
+    prefix = method_cls.checkpoint_backbone_prefix(method_args)  # DINO: its teacher by default
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     backbone.load_state_dict(state)
     return backbone.eval(), {**cfg, "data_bands": bands}

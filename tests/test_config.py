@@ -40,7 +40,16 @@ def test_bad_method_args():
 
     with pytest.raises(ConfigError, match="has no argument 'temprature'; did you mean 'temperature'"):
         check_args("method", "mocov2", MoCoV2.__init__, {"temprature": 0.1})
-    check_args("method", "mocov2", MoCoV2.__init__, {"temperature": 0.1, "lr": 0.1, "base_tau": 0.9})
+    check_args("method", "mocov2", MoCoV2.__init__, {"temperature": 0.1, "base_tau": 0.9, "tau_schedule": "epoch"})
+    with pytest.raises(ConfigError, match=r"method.args.lr: optimiser settings go in .*optimizer.lr"):
+        check_args("method", "mocov2", MoCoV2.__init__, {"lr": 0.1})
+    with pytest.raises(ConfigError, match="has no argument 'seed'"):  # set by build from trainer.seed
+        check_args("method", "mocov2", MoCoV2.__init__, {"seed": 1})
+
+
+def test_renamed_optimizer_key_is_named():
+    with pytest.raises(ConfigError, match="optimizer.scale_lr was renamed optimizer.lr_scaling"):
+        load_config(CONFIGS / "synthetic" / "mocov2.yaml", ["optimizer.scale_lr=false"])
 
 
 def test_missing_file_and_data_path(tmp_path):

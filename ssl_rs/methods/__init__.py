@@ -7,6 +7,7 @@ from . import scalemae  # noqa: F401  (MIM baseline)
 from . import satmae  # noqa: F401  (MIM baseline)
 from . import crossscalemae  # noqa: F401  (MIM baseline)
 from . import neighbormae  # noqa: F401  (MIM on neighbouring pairs)
-from .base import BaseMethod, BaseMomentumMethod, momentum_schedule, warmup_cosine
+from .base import BaseMethod, BaseMomentumMethod, momentum_schedule
+from .recipe import OptimRecipe, warmup_cosine
 
-__all__ = ["BaseMethod", "BaseMomentumMethod", "momentum_schedule", "warmup_cosine"]
+__all__ = ["BaseMethod", "BaseMomentumMethod", "OptimRecipe", "momentum_schedule", "warmup_cosine"]

@@ -7,10 +7,16 @@ A method subclass builds its heads from ``backbone.num_features`` and implements
 ``views`` are the augmented views made on the device from ``batch["image"]``; ``z`` is the
 embedding the geo regularizer sees (by default the projection of the first view, see each
 method's docstring). The base class does everything else: views, the regularizer
-(``L = (1 - alpha) * L_ssl + alpha * L_geo``), logging, parameter groups, optimiser
-(SGD, LARS, AdamW), warm-up + cosine schedule and online k-NN monitoring.
-:class:`BaseMomentumMethod` adds EMA targets declared in ``momentum_pairs`` with a cosine
-schedule of the momentum from ``base_tau`` to ``final_tau`` over the whole run.
+(``L = (1 - alpha) * L_ssl + alpha * L_geo``), logging, parameter groups, and the optimiser,
+schedules and gradient clipping of the method's :class:`~ssl_rs.methods.recipe.OptimRecipe`
+(each method class declares ``recipe``; a config overrides only the keys it sets), and online
+k-NN monitoring. :class:`BaseMomentumMethod` adds EMA targets declared in ``momentum_pairs``
+with a cosine schedule of the momentum from ``base_tau`` to ``final_tau`` over the whole run.
+
+Which embedding the regularizer sees is a per-method choice: a method lists the ones it offers
+in ``geo_embeddings`` (the first is its default, the GeoRank authors' choice) and ``ssl_loss``
+returns ``self.geo_input(name=tensor, ...)``. An entry may be a tuple of tensors, whose
+regularizer losses are averaged (the GeoRank authors' DINO scores teacher and student outputs).
 
 Randomness in a training step (augmentations, random choices of regularizers) is drawn from a
 generator seeded by ``(seed, global_step, rank)``, so an interrupted and resumed run sees the
@@ -19,7 +25,6 @@ same views as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import lightning as L
@@ -28,8 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..geo.base import GeoRegularizer
-
-OPTIMIZERS = ("sgd", "lars", "adamw")
+from .recipe import OptimRecipe, cosine_value, warmup_cosine
 
 
 class BaseMethod(L.LightningModule):
@@ -39,14 +43,20 @@ class BaseMethod(L.LightningModule):
         backbone: a registered backbone (``forward(x) -> (B, D)``, ``num_features``).
         augmentation: the view pipeline (``forward(images) -> list of views``), run on the device.
         regularizer: an optional :class:`GeoRegularizer`; ``alpha`` weighs it.
-        optimizer: "sgd", "lars" or "adamw"; ``lr`` is for a batch of 256 and scaled linearly
-            with the real batch size when ``scale_lr`` (as solo-learn and the MoCo papers do).
-        warmup_epochs / min_lr: linear warm-up then cosine decay, stepped every iteration.
+        geo_embedding: which of the method's ``geo_embeddings`` the regularizer sees (default:
+            the first, the GeoRank authors' choice).
+        optim: overrides of the class's ``recipe`` (:class:`OptimRecipe` field names; None
+            values are ignored). ``batch_size`` is the per-device batch; the learning rate is
+            scaled with the global batch by the recipe's ``lr_scaling``.
         eval_preprocess: deterministic normalisation used for online k-NN monitoring.
     """
 
     #: number of views the method consumes (multi-crop methods override)
     n_views: int = 2
+    #: the optimisation recipe of the method's paper / authors' code
+    recipe: OptimRecipe = OptimRecipe()
+    #: embeddings the regularizer may see; the first is the default
+    geo_embeddings: Tuple[str, ...] = ("projection",)
 
     def __init__(
         self,
@@ -54,13 +64,8 @@ class BaseMethod(L.LightningModule):
         augmentation: Optional[nn.Module] = None,
         regularizer: Optional[GeoRegularizer] = None,
         alpha: float = 0.5,
-        optimizer: str = "sgd",
-        lr: float = 0.03,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        scale_lr: bool = True,
-        warmup_epochs: float = 0.0,
-        min_lr: float = 0.0,
+        geo_embedding: Optional[str] = None,
+        optim: Optional[Mapping[str, Any]] = None,
         batch_size: int = 256,
         seed: int = 0,
         eval_preprocess: Optional[nn.Module] = None,
@@ -68,19 +73,19 @@ class BaseMethod(L.LightningModule):
         knn_temperature: float = 0.07,
     ):
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"geo.alpha must be in [0, 1], got {alpha}")
+        if geo_embedding is not None and geo_embedding not in self.geo_embeddings:
+            raise ConfigError(f"geo.embedding: {type(self).__name__} offers {', '.join(self.geo_embeddings)}, "
+                              f"got {geo_embedding!r}")
         self.backbone = backbone
         self.augmentation = augmentation
         self.regularizer = regularizer
         self.eval_preprocess = eval_preprocess
         self.alpha = alpha if regularizer is not None else 0.0
-        self.optim = dict(
-            name=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, scale_lr=scale_lr,
-            warmup_epochs=warmup_epochs, min_lr=min_lr, batch_size=batch_size,
-        )
+        self.geo_embedding = geo_embedding or self.geo_embeddings[0]
+        self.optim = self.recipe.override(optim)
+        self.batch_size = batch_size
         self.seed = seed
         self.knn = dict(k=knn_k, temperature=knn_temperature)
         self._knn_features: Dict[int, List[Tensor]] = {}
@@ -90,8 +95,25 @@ class BaseMethod(L.LightningModule):
     #: dimension of the ``z`` the regularizer sees; set by each subclass
     embed_dim: int
 
-    def ssl_loss(self, views: List[Tensor], batch: Mapping[str, Any]) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    def ssl_loss(self, views: List[Tensor], batch: Mapping[str, Any]) -> Tuple[Tensor, Any, Dict[str, Tensor]]:
         raise NotImplementedError
+
+    def geo_input(self, **candidates: Any) -> Any:
+        """The embedding(s) the regularizer sees: ``candidates[self.geo_embedding]`` (a tensor, or
+        a tuple of tensors whose regularizer losses are averaged). Methods call it with every
+        entry of their ``geo_embeddings``."""
+        return candidates[self.geo_embedding]
+
+    def evaluated_backbone(self) -> nn.Module:
+        """The encoder that online monitoring, the final evaluation and export score (DINO may
+        choose its teacher)."""
+        return self.backbone
+
+    @classmethod
+    def checkpoint_backbone_prefix(cls, method_args: Mapping[str, Any]) -> str:
+        """State-dict prefix of :meth:`evaluated_backbone`'s weights in a training checkpoint of
+        a run with these ``method.args``."""
+        return "backbone."
 
     # -- views --------------------------------------------------------------------------
     def make_views(self, batch: Mapping[str, Any]) -> List[Tensor]:
@@ -115,7 +137,8 @@ class BaseMethod(L.LightningModule):
             views = self.make_views(batch)
             loss_ssl, z, logs = self.ssl_loss(views, batch)
             if self.regularizer is not None:
-                loss_geo = self.regularizer(z, batch)
+                embeddings = z if isinstance(z, (tuple, list)) else (z,)
+                loss_geo = sum(self.regularizer(e, batch) for e in embeddings) / len(embeddings)
                 loss = (1.0 - self.alpha) * loss_ssl + self.alpha * loss_geo
                 logs = {**logs, "loss_geo": loss_geo, **{f"geo/{k}": v for k, v in self.regularizer.metrics.items()}}
             else:
@@ -135,7 +158,7 @@ class BaseMethod(L.LightningModule):
         target_key = "labels" if "labels" in batch else "label"
         if target_key not in batch:
             return
-        features = self.backbone(self.eval_preprocess(batch["image"]))
+        features = self.evaluated_backbone()(self.eval_preprocess(batch["image"]))
         self._knn_features.setdefault(dataloader_idx, []).append(features.detach().float())
         self._knn_targets.setdefault(dataloader_idx, []).append(batch[target_key])
 
@@ -156,40 +179,92 @@ class BaseMethod(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------
     def parameter_groups(self) -> List[Dict[str, Any]]:
-        """Weights get weight decay; biases and normalisation parameters do not (and are
-        excluded from LARS adaptation), as in solo-learn and the BYOL/SimCLR recipes."""
-        decay, no_decay = [], []
+        """Weights get weight decay; with the recipe's ``exclude_from_decay: bias_norm`` biases
+        and normalisation parameters do not (and are excluded from LARS adaptation), as in
+        solo-learn, DINO, MAE and the BYOL/SimCLR recipes; with ``none`` every parameter decays.
+        Parameters under :meth:`fixed_lr_prefixes` keep the peak learning rate throughout
+        (group flag ``fixed_lr``; SimSiam's predictor)."""
+        groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
+        exclude = self.optim.exclude_from_decay == "bias_norm"
+        fixed = self.fixed_lr_prefixes()
         for name, param in self.named_parameters():
             if not param.requires_grad or name.startswith(self.frozen_prefixes()):
                 continue
-            (no_decay if param.ndim <= 1 else decay).append(param)
-        return [
-            {"params": decay, "name": "decay"},
-            {"params": no_decay, "name": "no_decay", "weight_decay": 0.0, "lars_exclude": True},
-        ]
+            key = (not (exclude and param.ndim <= 1), bool(fixed) and name.startswith(fixed))
+            groups.setdefault(key, []).append(param)
+        out = []
+        for (decay, fixed_lr), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+            group: Dict[str, Any] = {"params": params, "name": ("decay" if decay else "no_decay")
+                                     + ("_fixed_lr" if fixed_lr else "")}
+            if not decay:
+                group.update(weight_decay=0.0, lars_exclude=True)
+            if fixed_lr:
+                group["fixed_lr"] = True
+            out.append(group)
+        return out
+
+    def fixed_lr_prefixes(self) -> Tuple[str, ...]:
+        """Parameter name prefixes whose learning rate is not scheduled (none by default)."""
+        return ()
 
     def frozen_prefixes(self) -> Tuple[str, ...]:
         """Parameter name prefixes the optimiser must not touch (EMA targets)."""
         return ()
 
     def configure_optimizers(self):
-        cfg = self.optim
-        lr = cfg["lr"] * (cfg["batch_size"] * max(1, self.trainer.world_size) / 256 if cfg["scale_lr"] else 1.0)
+        recipe = self.optim
+        lr = recipe.scaled_lr(self.batch_size * max(1, self.trainer.world_size))
         groups = self.parameter_groups()
-        if cfg["name"] == "sgd":
-            opt = torch.optim.SGD(groups, lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-        elif cfg["name"] == "adamw":
-            opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg["weight_decay"])
+        if recipe.name == "sgd":
+            opt = torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        elif recipe.name == "adamw":
+            opt = torch.optim.AdamW(groups, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
         else:
             from lightly.utils.lars import LARS
 
-            opt = LARS(groups, lr=lr, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+            opt = LARS(groups, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        total = self._total_steps()
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
-        floor = cfg["min_lr"] / lr if lr > 0 else 0.0
-        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup, floor))
+        warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+        floor = recipe.min_lr / lr
+        def scheduled(step: int) -> float:
+            return warmup_cosine(step, total, warmup, floor, recipe.schedule)
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, [(lambda step: 1.0) if g.get("fixed_lr") else scheduled for g in opt.param_groups])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        return max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+
+    def weight_decay_now(self) -> float:
+        """The recipe's weight decay at the current step (cosine to ``weight_decay_end`` if set)."""
+        recipe = self.optim
+        if recipe.weight_decay_end is None:
+            return recipe.weight_decay
+        return cosine_value(self.global_step, self._total_steps(), recipe.weight_decay, recipe.weight_decay_end)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.optim.weight_decay_end is None:
+            return
+        wd = self.weight_decay_now()  # set before this step's update, from the global step (resumes exactly)
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("name", "").startswith("decay"):
+                    group["weight_decay"] = wd
+        self.log("train/weight_decay", wd, batch_size=batch["image"].shape[0])
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """The recipe's clipping (``grad_clip``): one global norm, or each parameter tensor on its
+        own (DINO's ``clip_gradients``). A Trainer-level ``gradient_clip_val`` still applies when
+        the recipe has none."""
+        recipe = self.optim
+        if recipe.grad_clip is None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif recipe.grad_clip_mode == "global":
+            self.clip_gradients(optimizer, gradient_clip_val=recipe.grad_clip, gradient_clip_algorithm="norm")
+        else:
+            clip_each_parameter(self.parameters(), recipe.grad_clip)
 
     # -- checkpoints carry what is needed to rebuild the backbone (plain types only, so they
     # load with torch.load(weights_only=True)) --------------------------------------------
@@ -217,33 +292,43 @@ class BaseMethod(L.LightningModule):
                 self.regularizer.check_needs(dataset.keys, str(getattr(dataset, "path", "the dataset")))
 
 
-def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+@torch.no_grad()
+def clip_each_parameter(parameters, max_norm: float) -> None:
+    """Scale each parameter's gradient to norm at most ``max_norm`` on its own (DINO's
+    ``utils.clip_gradients``: coefficient ``max_norm / (norm + 1e-6)`` where it is below 1)."""
+    for p in parameters:
+        if p.grad is not None:
+            coef = max_norm / (p.grad.norm(2) + 1e-6)
+            p.grad.mul_(coef.clamp(max=1.0))
 
 
 def momentum_schedule(step: int, total: int, base_tau: float, final_tau: float = 1.0) -> float:
     """EMA momentum: cosine from ``base_tau`` at step 0 to ``final_tau`` at step ``total``."""
-    progress = min(1.0, step / max(1, total))
-    return final_tau - (final_tau - base_tau) * (math.cos(math.pi * progress) + 1) / 2
+    return cosine_value(step, total, base_tau, final_tau)
 
 
 class BaseMomentumMethod(BaseMethod):
     """Adds EMA target networks: subclasses list ``(online, target)`` module pairs in
     :meth:`momentum_pairs`; after every optimiser step each target becomes
     ``tau * target + (1 - tau) * online`` with ``tau`` following a cosine from ``base_tau`` to
-    ``final_tau`` over all training steps (derived from the global step, so it resumes exactly).
+    ``final_tau`` (``base_tau == final_tau``: a fixed momentum, as MoCo v2). With
+    ``tau_schedule="step"`` the cosine runs over all training steps (BYOL, DINO); with ``"epoch"``
+    it is lightly's ``cosine_schedule(epoch, max_epochs, base_tau, final_tau)``, constant within
+    an epoch (the GeoRank authors' MoCo v2). Either is derived from the trainer's progress, so it
+    resumes exactly. Subclasses set their paper's values as the defaults of ``base_tau`` /
+    ``final_tau`` in their signature.
     """
 
-    def __init__(self, *args, base_tau: float = 0.99, final_tau: float = 1.0, **kwargs):
+    def __init__(self, *args, base_tau: float = 0.996, final_tau: float = 1.0, tau_schedule: str = "step",
+                 **kwargs):
         super().__init__(*args, **kwargs)
         if not 0.0 <= base_tau <= final_tau <= 1.0:
-            raise ConfigError(f"need 0 <= base_tau <= final_tau <= 1, got {base_tau}, {final_tau}")
+            raise ConfigError(f"method.args: need 0 <= base_tau <= final_tau <= 1, got {base_tau}, {final_tau}")
+        if tau_schedule not in ("step", "epoch"):
+            raise ConfigError(f"method.args.tau_schedule: must be 'step' or 'epoch', got {tau_schedule!r}")
         self.base_tau = base_tau
         self.final_tau = final_tau
+        self.tau_schedule = tau_schedule
 
     def momentum_pairs(self) -> Sequence[Tuple[nn.Module, nn.Module]]:
         raise NotImplementedError
@@ -262,18 +347,23 @@ class BaseMomentumMethod(BaseMethod):
             for p in target.parameters():
                 p.requires_grad = False
 
-    @property
-    def tau(self) -> float:
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        return momentum_schedule(self.global_step, total, self.base_tau, self.final_tau)
+    def tau_at(self, step: int) -> float:
+        """The momentum of the update that follows optimiser step ``step`` (0-based)."""
+        if self.tau_schedule == "epoch":
+            from lightly.utils.scheduler import cosine_schedule
+
+            max_epochs = max(1, self.trainer.max_epochs or 1) if self._trainer is not None else 1
+            return float(cosine_schedule(self.current_epoch, max_epochs, self.base_tau, self.final_tau))
+        return momentum_schedule(step, self._total_steps(), self.base_tau, self.final_tau)
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # global_step has already advanced past this step's optimiser update
-        tau = self.tau
+        # global_step has already advanced past this step's optimiser update; the k-th update
+        # uses tau((k - 1) / N), so the first one uses base_tau (BYOL's and solo-learn's order).
+        # Only parameters move: the target's BatchNorm statistics are its own, from its own
+        # forward passes, as in BYOL, DINO, solo-learn and lightly's update_momentum.
+        tau = self.tau_at(int(self.global_step) - 1)
         for online, target in self.momentum_pairs():
             for po, pt in zip(online.parameters(), target.parameters()):
                 pt.mul_(tau).add_(po.detach(), alpha=1.0 - tau)
-            for bo, bt in zip(online.buffers(), target.buffers()):
-                bt.copy_(bo)
         self.log("train/tau", tau, batch_size=batch["image"].shape[0])

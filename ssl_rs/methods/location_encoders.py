@@ -5,6 +5,10 @@ Position encodings (latitude phi, longitude lambda in radians; S scales with rad
 ``r_s = min_radius * (max_radius / min_radius) ** (s / (S - 1))`` in radians and angles
 ``phi_s = phi / r_s``, ``lambda_s = lambda / r_s``):
 
+* ``grid`` (Space2Vec ``gridcell``, the encoding of CSP's released models):
+  ``[sin lambda_s, cos lambda_s]`` for every scale, then ``[sin phi_s, cos phi_s]``: 4S features,
+  in the authors' order. Their ``min_radius`` / ``max_radius`` are in degrees (0.1 and 360 in
+  CSP's scripts), i.e. ``pi / 1800`` and ``2 pi`` here.
 * ``theory`` (Space2Vec, Mai et al. 2020): on the (lambda, phi) plane, projections on three unit
   vectors 120 degrees apart, ``[cos(<x, a_j> / r_s), sin(<x, a_j> / r_s)]``: 6S features.
 * ``sphereC`` (Sphere2Vec): ``[sin phi_s, cos phi_s cos lambda_s, cos phi_s sin lambda_s]``,
@@ -61,6 +65,16 @@ class MultiScaleEncoding(PositionEncoding):
 
     def scaled(self, angle: Tensor) -> Tensor:
         return angle.unsqueeze(-1) * self.inv_radius.to(angle.device)  # (B, S)
+
+
+class Grid(MultiScaleEncoding):
+    features_per_scale = 4
+
+    def encode(self, phi, lam):
+        parts = []
+        for angle in (self.scaled(lam), self.scaled(phi)):
+            parts.append(torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2))  # sin, cos per scale
+        return torch.cat(parts, dim=-1)
 
 
 class Theory(MultiScaleEncoding):
@@ -131,6 +145,7 @@ class RandomFourierFeatures(PositionEncoding):
 
 
 POSITION_ENCODINGS: Dict[str, Type[PositionEncoding]] = {
+    "grid": Grid,
     "theory": Theory,
     "sphereC": SphereC,
     "sphereC+": SphereCPlus,
@@ -150,20 +165,66 @@ def create_position_encoding(name: str, num_scales: int = 16, min_radius: float 
     return POSITION_ENCODINGS[name](num_scales, min_radius, max_radius)
 
 
+ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leakyrelu": lambda: nn.LeakyReLU(negative_slope=0.2),  # the slope of the Space2Vec/CSP code
+    "gelu": nn.GELU,
+}
+MLP_STYLES = ("plain", "space2vec")
+
+
+class Space2VecLayer(nn.Module):
+    """One layer of the Space2Vec/CSP feed-forward network: Linear (Xavier-uniform weight) ->
+    activation -> dropout -> (+ input when the widths agree and ``skip``) -> (LayerNorm)."""
+
+    def __init__(self, in_dim: int, out_dim: int, activation: str, dropout: float, layer_norm: bool, skip: bool):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        nn.init.xavier_uniform_(self.linear.weight)
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout)
+        self.skip = skip and in_dim == out_dim
+        self.layernorm = nn.LayerNorm(out_dim) if layer_norm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.dropout(self.act(self.linear(x)))
+        if self.skip:
+            out = out + x
+        return self.layernorm(out) if self.layernorm is not None else out
+
+
 class LocationEncoder(nn.Module):
-    """Position encoding -> MLP (``num_layers`` hidden ReLU layers with dropout) -> ``out_dim``."""
+    """Position encoding -> MLP -> ``out_dim``.
+
+    ``style="plain"`` (default): ``num_layers`` hidden layers Linear -> activation -> dropout, then
+    a plain Linear output. ``style="space2vec"``: the feed-forward network of the Space2Vec/CSP
+    code: ``num_layers`` hidden layers Linear -> activation -> dropout -> (+ input when the widths
+    agree) -> LayerNorm, and an output layer Linear -> activation -> dropout (no LayerNorm), all
+    weights Xavier-uniform. ``activation``: ``relu``, ``leakyrelu`` (slope 0.2) or ``gelu``.
+    """
 
     def __init__(self, encoding: PositionEncoding, out_dim: int = 256, hidden_dim: int = 512, num_layers: int = 2,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, activation: str = "relu", style: str = "plain"):
         super().__init__()
         if num_layers < 1:
             raise ConfigError(f"location encoder: num_layers must be >= 1, got {num_layers}")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"location encoder: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if style not in MLP_STYLES:
+            raise ConfigError(f"location encoder: style must be one of {list(MLP_STYLES)}, got {style!r}")
         self.encoding = encoding
-        layers, width = [], encoding.num_features
-        for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_dim), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-            width = hidden_dim
-        layers.append(nn.Linear(width, out_dim))
+        width = encoding.num_features
+        if style == "plain":
+            layers = []
+            for _ in range(num_layers):
+                layers += [nn.Linear(width, hidden_dim), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+                width = hidden_dim
+            layers.append(nn.Linear(width, out_dim))
+        else:
+            layers = [Space2VecLayer(width, hidden_dim, activation, dropout, layer_norm=True, skip=True)]
+            layers += [Space2VecLayer(hidden_dim, hidden_dim, activation, dropout, layer_norm=True, skip=True)
+                       for _ in range(num_layers - 1)]
+            layers.append(Space2VecLayer(hidden_dim, out_dim, activation, dropout, layer_norm=False, skip=False))
         self.mlp = nn.Sequential(*layers)
         self.out_dim = out_dim
 

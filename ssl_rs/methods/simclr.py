@@ -7,12 +7,16 @@ from lightly.models.modules import SimCLRProjectionHead
 
 from ..registry import METHODS
 from .base import BaseMethod
+from .recipe import OptimRecipe
 
 
 @METHODS.register("simclr", summary="SimCLR: NT-Xent with in-batch negatives (gathered across devices)")
 class SimCLR(BaseMethod):
     """SimCLR. The regularizer sees the projection of the first view. Under DDP the
     negatives of every device are gathered (lightly's ``gather_distributed``)."""
+
+    # SimCLR paper (appendix B.1): LARS lr 0.3 x batch/256, wd 1e-6, 10 warm-up epochs, cosine
+    recipe = OptimRecipe(name="lars", lr=0.3, weight_decay=1e-6, momentum=0.9, warmup_epochs=10)
 
     def __init__(self, backbone, *, proj_hidden_dim: int = 2048, proj_output_dim: int = 128,
                  temperature: float = 0.1, **kwargs):
@@ -23,4 +27,4 @@ class SimCLR(BaseMethod):
 
     def ssl_loss(self, views, batch):
         z = [self.projector(self.backbone(v)) for v in views[:2]]
-        return self.criterion(z[0], z[1]), z[0], {}
+        return self.criterion(z[0], z[1]), self.geo_input(projection=z[0]), {}

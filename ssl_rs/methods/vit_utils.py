@@ -18,11 +18,16 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .base import BaseMethod
+from .recipe import MAE_RECIPE
 
 
 class ViTMethod(BaseMethod):
     """Base of the methods that run the backbone's timm ViT themselves (MAE, ScaleMAE, Cross-Scale
-    MAE, NeighborMAE); each checks its backbone with :func:`timm_vit` in ``__init__``."""
+    MAE, NeighborMAE); each checks its backbone with :func:`timm_vit` in ``__init__``. The
+    regularizer sees the pooled encoding of the visible tokens."""
+
+    recipe = MAE_RECIPE
+    geo_embeddings = ("pooled",)
 
     @property
     def vit(self) -> VisionTransformer:

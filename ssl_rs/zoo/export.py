@@ -108,10 +108,15 @@ def export_run(
     bands = list(ckpt.get("ssl_rs_bands") or [])
     if not bands:
         raise DataError(f"{ckpt_file}: ssl_rs_bands: the checkpoint does not record its bands")
-    state = {"model." + k[len("backbone.model."):]: v.detach().cpu().contiguous().clone()
-             for k, v in ckpt["state_dict"].items() if k.startswith("backbone.model.")}
+    from .. import methods  # noqa: F401  (registers the methods)
+    from ..registry import METHODS
+
+    method_args = dict(cfg["method"].get("args") or {})
+    prefix = METHODS.get(cfg["method"]["name"]).factory.checkpoint_backbone_prefix(method_args) + "model."
+    state = {"model." + k[len(prefix):]: v.detach().cpu().contiguous().clone()
+             for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
-        raise DataError(f"{ckpt_file}: state_dict: no backbone.* weights")
+        raise DataError(f"{ckpt_file}: state_dict: no {prefix}* weights")
     backbone = cfg["backbone"]["name"]
     backbone_args = dict(cfg["backbone"].get("args") or {})
     method = cfg["method"]["name"]

@@ -43,25 +43,46 @@ def test_simclr_is_nt_xent():
     assert torch.allclose(z, m.projector(m.backbone(v[0])))
 
 
-def test_mocov2_is_symmetric_infonce_with_queue():
-    m = MoCoV2(backbone(), proj_hidden_dim=32, proj_output_dim=16, temperature=0.2, queue_size=20).eval()
-    bank = m.criterion.memory_bank
-    queue0 = bank.bank.clone()  # (queue, dim), entries already unit norm
-    ptr0 = int(bank.bank_ptr)
+def _infonce(qi, ki, queue, temperature=0.2):
+    logits = torch.cat([(qi * ki).sum(1, keepdim=True), qi @ queue.T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(qi), dtype=torch.long))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mocov2_scores_against_the_queue_before_the_step(symmetric):
+    """No negative of either direction is a key computed in the same step (the bug: the second
+    direction saw this step's keys of view 2, a near-copy of its own positive), the loss equals a
+    hand computation from the pre-step queue, and the keys enter the queue afterwards."""
+    m = MoCoV2(backbone(), proj_hidden_dim=32, proj_output_dim=16, temperature=0.2, queue_size=24,
+               symmetric=symmetric).train()
+    queue_before = m.queue.clone()  # (n_queues, K, D), unit rows
     v = views()
     loss, z, _ = m.ssl_loss(v, {})
     with torch.no_grad():
         q = [F.normalize(m.projector(m.backbone(x)), dim=1) for x in v]
         k = [F.normalize(m.momentum_projector(m.momentum_backbone(x)), dim=1) for x in v]
+    step_keys = torch.cat(k)
+    assert (queue_before.reshape(-1, 16) @ step_keys.T).max() < 0.999  # no step key among the negatives
+    if symmetric:
+        expected = 0.5 * (_infonce(q[0], k[1], queue_before[1]) + _infonce(q[1], k[0], queue_before[0]))
+        enqueued = torch.stack(k)
+    else:
+        expected = _infonce(q[0], k[1], queue_before[0])
+        enqueued = k[1][None]
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert torch.allclose(m.queue[:, :B], enqueued, atol=1e-6)  # enqueued after scoring
+    assert torch.equal(m.queue[:, B:], queue_before[:, B:]) and int(m.queue_ptr) == B
+    assert torch.allclose(z, m.projector(m.backbone(v[0])))
 
-    def infonce(qi, ki, queue):
-        logits = torch.cat([(qi * ki).sum(1, keepdim=True), qi @ queue.T], dim=1) / 0.2
-        return F.cross_entropy(logits, torch.zeros(B, dtype=torch.long))
 
-    queue1 = queue0.clone()
-    queue1[ptr0:ptr0 + B] = k[1]  # the first term enqueues the keys of view 2
-    expected = 0.5 * (infonce(q[0], k[1], queue0) + infonce(q[1], k[0], queue1))
-    assert torch.allclose(loss, expected, atol=1e-5)
+def test_mocov2_queue_wraps_around_and_resumes_from_the_state_dict():
+    m = MoCoV2(backbone(), proj_hidden_dim=32, proj_output_dim=16, queue_size=10, symmetric=False).train()
+    for seed in range(2):  # 2 x 6 keys into 10 slots: the pointer wraps to 2
+        m.ssl_loss(views(seed=seed), {})
+    assert int(m.queue_ptr) == 2
+    restored = MoCoV2(backbone(), proj_hidden_dim=32, proj_output_dim=16, queue_size=10, symmetric=False)
+    restored.load_state_dict(m.state_dict())
+    assert torch.equal(restored.queue, m.queue) and int(restored.queue_ptr) == 2
 
 
 def test_momentum_targets_start_equal_and_frozen():
@@ -116,7 +137,7 @@ def test_simsiam_stop_gradient_is_real():
 
 def test_dino_loss_matches_hand_computation():
     m = DINO(backbone(), hidden_dim=32, bottleneck_dim=8, output_dim=20, teacher_temp=0.04,
-             warmup_teacher_temp=0.04, student_temp=0.1).eval()
+             warmup_teacher_temp=0.04, student_temp=0.1, geo_embedding="bottleneck").eval()
     v = views(2) + views(2, size=8, seed=1)  # 2 global + 2 local crops
     loss, z, _ = m.ssl_loss(v, {})
     with torch.no_grad():
@@ -135,8 +156,8 @@ def test_dino_loss_matches_hand_computation():
 
 
 def test_warmup_cosine_schedule():
-    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
-    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(0, 100, 10) == 0.0  # from 0, as BYOL, SimCLR and MAE warm up
+    assert warmup_cosine(5, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10, floor=0.1) == pytest.approx(0.1)
@@ -147,3 +168,25 @@ def test_tau_schedule_is_cosine_over_the_whole_run():
     assert momentum_schedule(50, 100, 0.9) == pytest.approx(0.95)
     assert momentum_schedule(100, 100, 0.9) == pytest.approx(1.0)
     assert momentum_schedule(25, 100, 0.9, 0.99) == pytest.approx(0.99 - 0.09 * (1 + 2 ** -0.5) / 2)
+
+
+def test_geo_embedding_choices_reach_the_regularizer_input():
+    """BYOL's default is the GeoRank authors' choice (the prediction), DINO's the teacher and student
+    prototype logits of global view 1 (their losses averaged by the base class)."""
+    v = views()
+    m = BYOL(backbone(), proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32)
+    _, z, _ = m.ssl_loss(v, {})
+    assert torch.allclose(z, m.predictor(m.projector(m.backbone(v[0]))), atol=1e-6)
+    m = BYOL(backbone(), proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32, geo_embedding="projection")
+    _, z, _ = m.ssl_loss(v, {})
+    assert torch.allclose(z, m.projector(m.backbone(v[0])), atol=1e-6)
+    m = DINO(backbone(), hidden_dim=32, bottleneck_dim=8, output_dim=20).eval()
+    _, z, _ = m.ssl_loss(v + views(2, size=8, seed=1), {})
+    with torch.no_grad():
+        teacher = m.momentum_head(m.momentum_backbone(v[0]))
+        student = m.head(m.backbone(v[0]))
+    assert isinstance(z, tuple) and m.embed_dim == 20
+    assert torch.allclose(z[0], teacher, atol=1e-5) and torch.allclose(z[1], student, atol=1e-5)
+    assert z[1].requires_grad and not z[0].requires_grad
+    with pytest.raises(Exception, match="geo.embedding"):
+        DINO(backbone(), hidden_dim=32, bottleneck_dim=8, output_dim=20, geo_embedding="prediction")
