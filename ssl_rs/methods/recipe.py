@@ -126,5 +126,5 @@ def cosine_value(step: int, total: int, start: float, end: float) -> float:
 
 #: MAE (He et al.; facebookresearch/mae ``main_pretrain.py``): AdamW blr 1.5e-4 x batch/256,
 #: betas (0.9, 0.95), weight decay 0.05 (not on biases and norms), 40 warm-up epochs, cosine.
-#: SatMAE, ScaleMAE, Cross-Scale MAE and NeighborMAE pretrain with the same recipe.
+#: Cross-Scale MAE and NeighborMAE pretrain with it; SatMAE and ScaleMAE declare their variants.
 MAE_RECIPE = OptimRecipe(name="adamw", lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, warmup_epochs=40)

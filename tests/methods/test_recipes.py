@@ -31,7 +31,7 @@ EXPECTED = {
     "dino": ("AdamW", 5e-4 * BATCH / 256, 0.04, {"weight_decay_end": 0.4, "grad_clip": 3.0,
                                                  "grad_clip_mode": "per_parameter", "min_lr": 1e-6}),
     "mae": ("AdamW", 1.5e-4 * BATCH / 256, 0.05, {"betas": (0.9, 0.95)}),
-    "satmae": ("AdamW", 1.5e-4 * BATCH / 256, 0.05, {"betas": (0.9, 0.95)}),
+    "satmae": ("AdamW", 1e-4 * BATCH / 256, 0.05, {"betas": (0.9, 0.95)}),
     "scalemae": ("AdamW", 1.5e-4 * BATCH / 256, 0.05, {"betas": (0.9, 0.95)}),
     "crossscalemae": ("AdamW", 1.5e-4 * BATCH / 256, 0.05, {"betas": (0.9, 0.95)}),
     "neighbormae": ("AdamW", 1.5e-4 * BATCH / 256, 0.05, {"betas": (0.9, 0.95)}),
