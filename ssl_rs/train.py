@@ -263,8 +263,8 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
 
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     run_dir = run_dir_of(cfg)
-    if resume and not Path(resume).is_file():
-        raise ConfigError(f"--resume: checkpoint {resume} not found")
+    if resume:
+        check_resume_checkpoint(resume, cfg)  # before anything is written
     if not resume and not cfg.output.overwrite and (run_dir / "checkpoints" / "last.ckpt").exists():
         raise ConfigError(
             f"{run_dir}: a run already exists there; continue it with --resume {run_dir}/checkpoints/last.ckpt, "
@@ -286,7 +286,8 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
         OmegaConf.save(cfg, run_dir / "config.yaml")
     start = time.perf_counter()
     trainer.fit(method, train_dataloaders=built["train_loader"],
-                val_dataloaders=built["val_loaders"] or None, ckpt_path=resume)
+                val_dataloaders=built["val_loaders"] or None, ckpt_path=resume,
+                weights_only=True)  # tensors only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
     train_seconds = time.perf_counter() - start
     result: Dict[str, Any] = {"run_dir": str(run_dir), "train_seconds": train_seconds,
                               "epochs": trainer.current_epoch, "steps": trainer.global_step,
@@ -298,6 +299,25 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
             result["eval"] = evaluate_method(method, cfg, progress=cfg.trainer.progress_bar)
         (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def check_resume_checkpoint(path: str, cfg: DictConfig) -> None:
+    """A ``--resume`` checkpoint must exist, load as tensors only (an explicit ``weights_only=True``
+    holds even under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, so a pickled payload is refused, not
+    run) and come from a run of the same method; a one-line ConfigError otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--resume: checkpoint {p} not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"--resume: {p}: not a loadable tensors-only checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"--resume: {p}: state_dict: not a training checkpoint")
+    saved = ((ckpt.get(CHECKPOINT_CONFIG_KEY) or {}).get("method") or {}).get("name")
+    if saved is not None and saved != cfg.method.name:
+        raise ConfigError(f"--resume: {p} is a {saved!r} checkpoint; the config trains {cfg.method.name!r}")
 
 
 def evaluation_plan(cfg: DictConfig) -> Tuple[str, List[Optional[str]]]:

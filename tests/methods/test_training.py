@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ssl_rs.config import load_config
-from ssl_rs.errors import DataError
+from ssl_rs.errors import ConfigError, DataError
 from ssl_rs.geo.base import GeoRegularizer
 from ssl_rs.registry import METHODS, REGULARIZERS
 from ssl_rs.train import build, load_backbone_from_checkpoint, make_trainer, pretrain
@@ -242,3 +242,36 @@ def test_unlabelled_pretraining_data_skips_the_final_evaluation_or_uses_eval_dat
         with pytest.raises((ConfigError, DataError), match=error):
             pretrain(cfg)
         assert not (tmp_path / "runs" / "early").exists()
+
+
+class _Payload:
+    """Pickles to a call that writes a marker file: what a forged checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("content", ["pickle", "random", "empty", "other_method"])
+def test_resume_refuses_bad_checkpoints_before_writing_anything(tiny_world, tmp_path, monkeypatch, content):
+    """Tensors only even under TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (the pickled payload never runs),
+    one line naming the file, and no config.yaml or tb/ left behind."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    bad = tmp_path / "bad.ckpt"
+    marker = tmp_path / "payload_ran"
+    if content == "pickle":
+        torch.save({"state_dict": {}, "x": _Payload(marker)}, bad)
+    elif content == "random":
+        bad.write_bytes(bytes(range(256)) * 4)
+    elif content == "empty":
+        bad.write_bytes(b"")
+    else:
+        torch.save({"state_dict": {}, "ssl_rs_config": {"method": {"name": "byol"}}}, bad)
+    cfg = config(tiny_world, tmp_path, "mocov2", None, "output.name=resumed")
+    with pytest.raises(ConfigError, match=r"--resume: .*bad\.ckpt") as err:
+        pretrain(cfg, resume=str(bad), evaluate_after=False)
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+    assert not (tmp_path / "runs" / "resumed").exists()
