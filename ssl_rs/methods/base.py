@@ -227,6 +227,7 @@ class BaseMethod(L.LightningModule):
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
         floor = recipe.min_lr / lr
+
         def scheduled(step: int) -> float:
             return warmup_cosine(step, total, warmup, floor, recipe.schedule)
 
