@@ -105,7 +105,10 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
         }.items()
         if value is not None
     }
-    out = convert(args.format, args.src, args.output, **options)
+    from .files import terminate_cleanly
+
+    with terminate_cleanly():  # SIGTERM removes the partial output like Ctrl-C does
+        out = convert(args.format, args.src, args.output, **options)
     from .data.layout import check_file
 
     info = check_file(out)
@@ -115,29 +118,34 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.synth import synthesize
+    from .files import terminate_cleanly
 
-    if not args.block_km >= 0:
-        raise ConfigError(f"--block-km must be positive (or 0 for no spatial-block split), got {args.block_km}")
+    if args.block_km != 0:  # 0: no spatial-block split; NaN, inf and negatives are refused
+        from .data.splits import check_block_km
 
-    out = synthesize(
-        args.output,
-        n=args.n,
-        bands=args.bands,
-        size=args.size,
-        seed=args.seed,
-        dates=args.dates,
-        num_classes=args.classes,
-        tiles=args.tiles,
-    )
+        check_block_km(args.block_km)
+
+    with terminate_cleanly():  # SIGTERM removes the partial output like Ctrl-C does
+        out = synthesize(
+            args.output,
+            n=args.n,
+            bands=args.bands,
+            size=args.size,
+            seed=args.seed,
+            dates=args.dates,
+            num_classes=args.classes,
+            tiles=args.tiles,
+            block_km=args.block_km,  # written with the file, before it is moved into place
+        )
     t = args.tiles
     places = args.n // (args.dates * t * t)
     tiles = f" x {t}x{t} tiles" if t > 1 else ""
     dates = f"{args.dates} date" + ("s" if args.dates > 1 else "")
     print(f"wrote {out}: {args.n} synthetic samples ({places} places x {dates}{tiles})")
     if args.block_km > 0:
-        from .data.splits import add_split
+        from .data.layout import check_file
 
-        counts = add_split(out, "spatial-block", block_km=args.block_km, seed=args.seed)
+        counts = check_file(out)["splits"]["spatial-block"]
         print(f"added split spatial-block ({args.block_km:g} km blocks): "
               + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
@@ -145,16 +153,18 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_split(args: argparse.Namespace) -> int:
     from .data.splits import add_split
+    from .files import terminate_cleanly
 
-    counts = add_split(
-        args.file,
-        args.scheme,
-        name=args.name,
-        fractions=args.fractions,
-        seed=args.seed,
-        block_km=args.block_km,
-        make_default=args.default,
-    )
+    with terminate_cleanly():  # SIGTERM closes the file (modified in place) cleanly
+        counts = add_split(
+            args.file,
+            args.scheme,
+            name=args.name,
+            fractions=args.fractions,
+            seed=args.seed,
+            block_km=args.block_km,
+            make_default=args.default,
+        )
     name = args.name or args.scheme
     print(f"{args.file}: splits/{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
@@ -189,24 +199,71 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- eval
+def _check_output_file(path: str, option: str) -> None:
+    """Fail now, in one line, if ``path`` could not be written later (it is a directory, a parent
+    is a file, or its directory refuses new files); writes nothing."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise ConfigError(f"{option}: {target} is a directory, not a file")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option}: {target}: {parent} is not a directory")
+    try:  # a real probe: os.access says yes to root and knows nothing of read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".ssl-rs-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+        if target.exists():
+            with open(target, "ab"):
+                pass
+    except OSError as e:
+        raise ConfigError(f"{option}: cannot write {target} ({e.strerror or e})") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation.harness import evaluate
+    from .evaluation.harness import check_backbone_args, check_eval_options, default_device, evaluate
 
-    backbone, bands = args.backbone, args.bands
+    # Everything the user typed is checked before the (possibly long) evaluation runs.
+    check_eval_options(size=args.size, batch_size=args.batch_size, num_workers=args.workers, knn_k=args.k,
+                       knn_temperature=args.temperature, linear_epochs=args.epochs,
+                       names={"size": "--size", "batch_size": "--batch-size", "num_workers": "--workers",
+                              "knn_k": "--k", "knn_temperature": "--temperature", "linear_epochs": "--epochs"})
+    default_device(args.device, option="--device")
+    backbone_args = None
+    if args.backbone_args is not None:
+        if args.checkpoint:
+            raise ConfigError("--backbone-args: applies to --backbone only (a checkpoint's config holds its "
+                              "backbone's arguments)")
+        try:
+            backbone_args = json.loads(args.backbone_args)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--backbone-args: not valid JSON ({e})") from None
+    if args.backbone:
+        backbone_args = check_backbone_args(args.backbone, backbone_args, option="--backbone-args")
+    if args.json:
+        _check_output_file(args.json, "--json")
+
+    backbone, bands, size = args.backbone, args.bands, args.size
     if args.checkpoint:
-        from .train import load_backbone_from_checkpoint
+        from .evaluation.harness import load_checkpoint_backbone
 
-        backbone, cfg = load_backbone_from_checkpoint(args.checkpoint)
+        backbone, cfg = load_checkpoint_backbone(args.checkpoint)
         bands = bands or cfg["data_bands"]  # select the bands the model was trained on, by name
-        args.size = args.size or cfg["augmentation"]["size"]
+        if size is None:
+            size = (cfg.get("augmentation") or {}).get("size")
     result = evaluate(
         backbone,
         args.data,
-        backbone_args=args.backbone_args,
+        backbone_args=backbone_args,
         seed=args.seed,
         scheme=args.scheme,
         protocols=[args.protocol],
-        size=args.size,
+        size=size,
         batch_size=args.batch_size,
         num_workers=args.workers,
         device=args.device,
@@ -222,7 +279,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{result['backbone']} on {result['data']} (split scheme {result['scheme']}: "
           f"{result['n_train']} train, {result['n_test']} {result['eval_split']})")
     _print_table(rows, columns)
-    _write_json(args.json, result)
+    try:
+        _write_json(args.json, result)
+    except OSError as e:
+        raise ConfigError(f"--json: cannot write {args.json} ({e.strerror or e})") from None
     return 0
 
 
@@ -322,12 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--scheme", help="split scheme in the file (default: the file's default)")
         p.add_argument("--eval-split", default="test", choices=["val", "test"])
         p.add_argument("--bands", type=_names, help="band subset, in the model's order")
-        p.add_argument("--size", type=int, help="resize inputs to this side (default: the data's size)")
+        p.add_argument("--size", type=int, help="resize inputs to this side (default: the checkpoint's training "
+                       "size, else the data's size)")
         p.add_argument("--batch-size", type=int, default=256)
         p.add_argument("--workers", type=int, default=0)
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised backbone")
-        p.add_argument("--backbone-args", type=json.loads, default={}, help="JSON dict of backbone arguments")
+        p.add_argument("--backbone-args", help="JSON object of backbone arguments (with --backbone)")
         p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
         p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
         p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
@@ -364,9 +425,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SslRsError as e:
         print(f"ssl-rs: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("ssl-rs: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C; pretrain's Interrupted also for SIGTERM, with its last.ckpt
+        import signal
+
+        signum = getattr(e, "signum", signal.SIGINT)
+        checkpoint = getattr(e, "checkpoint", None)
+        resume = f"; continue with --resume {checkpoint}" if checkpoint else ""
+        print(f"ssl-rs: interrupted ({signal.Signals(signum).name}){resume}", file=sys.stderr)
+        return 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a signal's end
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

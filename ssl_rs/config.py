@@ -112,7 +112,7 @@ class EvalConfig:
 class OutputConfig:
     dir: str = "runs"
     name: Optional[str] = None  # default: <method>[_<regularizer>]
-    overwrite: bool = False  # replace an existing run's checkpoints instead of refusing
+    overwrite: bool = False  # replace an existing run (kept aside until the new one's first checkpoint)
 
 
 @dataclass
@@ -219,6 +219,43 @@ def check_args(kind: str, name: str, factory, args: Dict[str, Any], reserved: Se
                               f"(optimizer.{'name' if key == 'optimizer' else key}=...)")
         if key not in accepted or key in reserved:
             raise ConfigError(f"{kind}.args: {name!r} has no argument {key!r}{_suggest(key, accepted)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """The values a pretraining's types cannot rule out (a negative learning rate, zero epochs, a
+    batch of 0): a one-line ConfigError naming the key, raised by ``pretrain`` before anything
+    is written. (Recipe-level optimiser values are checked again by the method's recipe.)"""
+
+    def positive(x):
+        return x > 0
+
+    def non_negative(x):
+        return x >= 0
+
+    checks = (
+        ("data.batch_size", positive, "a positive integer"),
+        ("data.num_workers", non_negative, "an integer >= 0 (0 loads in the main process)"),
+        ("data.neighbor_km", positive, "> 0"),
+        ("data.neighbor_max_offset", positive, "> 0"),
+        ("augmentation.size", positive, "a positive number of pixels (or null for the data's size)"),
+        ("trainer.max_epochs", positive, "a positive integer"),
+        ("trainer.num_nodes", positive, "a positive integer"),
+        ("trainer.log_every_n_steps", positive, "a positive integer"),
+        ("trainer.knn_every_n_epochs", non_negative, "an integer >= 0 (0 disables the online k-NN)"),
+        ("trainer.limit_train_batches", positive, "> 0 (or null for all batches)"),
+        ("optimizer.lr", positive, "positive (or null for the method's recipe)"),
+        ("optimizer.warmup_epochs", non_negative, ">= 0"),
+        ("optimizer.min_lr", non_negative, ">= 0"),
+        ("optimizer.weight_decay", non_negative, ">= 0"),
+        ("eval.knn_k", positive, "a positive integer"),
+        ("eval.knn_temperature", positive, "> 0"),
+    )
+    for key, ok, what in checks:
+        value = OmegaConf.select(cfg, key)
+        if value is None:  # null: the default of whatever it configures
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ConfigError(f"{key}: must be {what}, got {value!r}")
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

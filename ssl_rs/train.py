@@ -9,25 +9,38 @@ Run directory layout (``<output.dir>/<output.name>``)::
     results.json         final k-NN (and linear) metrics per split scheme of the pretraining
                          file or of ``eval.data``, timing; ``eval_skipped`` says why there are
                          none (a file without labels)
+    .lock                held (``flock``, with the owner's pid) by the one process writing the run
+    .previous/           while a new run replaces an old one: the old run, until the new run's
+                         first checkpoint (restored if the new run fails before it)
+
+SIGINT (Ctrl-C) and SIGTERM (a scheduler's notice before preemption) stop the training after the
+current step, save a resumable ``checkpoints/last.ckpt`` and raise :class:`Interrupted` (the CLI
+exits with 130 or 143).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
-from .config import check_args, to_dict
-from .errors import ConfigError, DataError
+from .config import check_args, to_dict, validate
+from .errors import ConfigError, DataError, Interrupted
 
 CHECKPOINT_CONFIG_KEY = "ssl_rs_config"
 
@@ -76,6 +89,29 @@ class RankShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.n // self.shard()[0])
+
+
+_worker_sigterms = 0
+
+
+def _worker_sigterm(signum, frame) -> None:
+    global _worker_sigterms
+    _worker_sigterms += 1
+    if _worker_sigterms > 1:
+        os._exit(0)
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers outlive a first SIGTERM. A scheduler signals every process of a job (SLURM,
+    ``kill -TERM -PGID``), and PyTorch's workers die of a SIGTERM their parent did not send, which
+    crashes the main process in the middle of a step; the main process instead stops after the
+    step and shuts its workers down. A second SIGTERM (a parent's terminate()) ends a worker.
+    Lightning's seeding of workers (``seed_everything(workers=True)``) is kept."""
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)  # the rank is the process's, as Lightning's own hook has it
 
 
 def _import_registries() -> None:
@@ -172,7 +208,7 @@ def build(cfg: DictConfig) -> Dict[str, Any]:
     method.data_bands = list(train_ds.bands)
 
     common = dict(num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
-                  pin_memory=torch.cuda.is_available())
+                  pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init if d.num_workers > 0 else None)
     if d.sampler == "geo_neighbors":
         from .geo.samplers import GeoNeighborBatchSampler
 
@@ -205,6 +241,273 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.output.dir) / name
 
 
+class _Signals:
+    """SIGINT and SIGTERM for the duration of a ``pretrain``. While Lightning trains
+    (:meth:`defer`, from :class:`_StopOnSignal`), a handler only notes the signal, and
+    :class:`_StopOnSignal` stops every process after the current step (a consistent, resumable
+    checkpoint); no collective runs inside a handler, unlike Lightning's own SIGTERM handler, which
+    is replaced for the time. At other times, or at a second Ctrl-C, they raise :class:`Interrupted`
+    at once. A signal a launcher set to be ignored (background jobs ignore SIGINT) stays ignored;
+    a ``pretrain`` in another thread than the main one keeps the handlers it finds; forked DataLoader
+    workers ignore the signals (the main process stops them, see :func:`_worker_init`)."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.deferring = False
+        self._pid = os.getpid()
+        self._saved: Dict[int, Any] = {}
+        self._handler = self._handle  # one object, to install again
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._saved[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deferring = False
+        for signum, handler in self._saved.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._saved = {}
+
+    def defer(self) -> None:
+        """Training has started (Lightning has installed its own handlers): note signals, do not raise."""
+        for signum in self._saved:  # Lightning restores ours when it tears down
+            signal.signal(signum, self._handler)
+        self.deferring = True
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the main process decides when to stop
+            return
+        if self.signum is None:
+            self.signum = signum
+            if self.deferring:
+                return
+        elif self.deferring and signum != signal.SIGINT:
+            return  # already stopping after this step
+        raise Interrupted(self.signum)
+
+
+#: what a pretraining writes into its run directory (anything else there is left alone)
+RUN_ENTRIES = ("config.yaml", "checkpoints", "tb", "results.json")
+LOCK_FILE, PREVIOUS_RUN = ".lock", ".previous"
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process is (or will be) the one of global rank 0, read from what launchers set
+    (Lightning's own DDP launcher, torchrun, SLURM) before Lightning has set the ranks up."""
+    return all(os.environ.get(v, "0").strip() in ("", "0")
+               for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
+
+
+_LOCKED = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+
+
+def _lock_owner_text(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid = os.read(fd, 32).decode(errors="replace").strip()
+    except OSError:
+        pid = ""
+    return f"pid {pid}" if pid.isdigit() else "another process"
+
+
+def _lock_conflict(run_dir: Path, owner: str) -> ConfigError:
+    return ConfigError(f"{run_dir}: the run directory is in use by another ssl-rs pretrain ({owner}); "
+                       "wait for it to end, or choose another output.name=...")
+
+
+def check_run_dir(run_dir: Path, fresh: bool, overwrite: bool) -> None:
+    """Read-only checks of the run directory, so that a doomed run fails before building anything:
+    another process owns it, or (a new run, not ``output.overwrite``) a run is already there.
+    :class:`RunDirectory` checks both again under the lock."""
+    lock = run_dir / LOCK_FILE
+    if lock.is_file():
+        try:
+            fd = os.open(lock, os.O_RDWR)  # (NFS locks exclusively only what is open for writing)
+        except OSError:  # its owner has just ended, or not ours to probe: the lock decides
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in _LOCKED:
+                    raise _lock_conflict(run_dir, _lock_owner_text(fd)) from None
+            finally:
+                os.close(fd)  # releases the probe's lock, if it got it
+    if fresh and not overwrite:
+        _refuse_existing_run(run_dir)
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    for done in ("checkpoints/last.ckpt", "results.json"):
+        if (run_dir / done).exists():
+            raise ConfigError(
+                f"{run_dir}: a run already exists there; continue it with --resume {run_dir}/checkpoints/last.ckpt, "
+                "or choose output.name=... or output.overwrite=true"
+            )
+
+
+class RunDirectory:
+    """One process (global rank 0) owns a run directory for a whole ``pretrain``: an exclusive
+    ``flock`` on ``RUN/.lock`` (holding its pid), released (and the file removed) when it ends; a
+    second ``pretrain`` into the same directory gets a one-line ConfigError naming the owner.
+
+    A new run (not a ``--resume`` of this directory's own checkpoint) never mixes with an old one:
+    the old run's files (``RUN_ENTRIES``) are moved into ``RUN/.previous`` when it starts, removed
+    once it has written its first checkpoint (:meth:`commit`), and put back if it ends before that
+    (:meth:`rollback`), together with the removal of what it wrote."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: Optional[int] = None
+        self._created: List[Path] = []
+        self.replacing = self.committed = False
+
+    # ------------------------------------------------------------------ lock
+    def acquire(self) -> "RunDirectory":
+        missing, p = [], self.path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # deepest first; removed again if left empty
+        lock = self.path / LOCK_FILE
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in _LOCKED:  # a file system without locks: run, unguarded
+                    log.warning("%s: cannot lock (%s); make sure no other pretrain writes this run",
+                                lock, e.strerror)
+                    break
+                owner = _lock_owner_text(fd)
+                os.close(fd)
+                self._remove_created()
+                raise _lock_conflict(self.path, owner) from None
+            try:  # an owner that ended removes the file: a lock on its old inode is no lock
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path / LOCK_FILE)  # still holding it: see the inode check in acquire
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for d in self._created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+    # ------------------------------------------------------------------ replacing an old run
+    def start(self, fresh: bool, overwrite: bool) -> None:
+        """Under the lock: finish what a killed owner left half done, refuse to mix with an existing
+        run (unless ``overwrite``), and move the old run aside for a new one."""
+        self._recover()
+        if not fresh:
+            return
+        if not overwrite:
+            _refuse_existing_run(self.path)
+        old = [e for e in RUN_ENTRIES if (self.path / e).exists()]
+        if old:
+            previous = self.path / PREVIOUS_RUN
+            previous.mkdir()
+            for entry in old:
+                os.rename(self.path / entry, previous / entry)
+            log.info("%s: the previous run is kept in %s until this one's first checkpoint", self.path, previous)
+        self.replacing = True
+
+    def _recover(self) -> None:
+        previous = self.path / PREVIOUS_RUN
+        if not previous.is_dir():
+            return
+        if (self.path / "checkpoints" / "last.ckpt").exists():  # its replacement had checkpointed
+            shutil.rmtree(previous)
+        else:
+            log.warning("%s: restoring the previous run from %s (a replacement ended before its first checkpoint)",
+                        self.path, previous)
+            self._restore(previous)
+
+    def _restore(self, previous: Path) -> None:
+        for entry in RUN_ENTRIES:
+            new = self.path / entry
+            if new.is_dir() and not new.is_symlink():
+                shutil.rmtree(new)
+            elif new.exists() or new.is_symlink():
+                new.unlink()
+        if previous.is_dir():
+            for entry in previous.iterdir():
+                os.rename(entry, self.path / entry.name)
+            previous.rmdir()
+
+    def commit(self, finished: bool = False) -> None:
+        """The new run has its first checkpoint (or has ``finished`` its training): the old one goes."""
+        if self.replacing and not self.committed and (finished or (self.path / "checkpoints" / "last.ckpt").exists()):
+            shutil.rmtree(self.path / PREVIOUS_RUN, ignore_errors=True)
+            self.committed = True
+
+    def rollback(self) -> None:
+        """The new run ended before its first checkpoint: remove what it wrote, restore the old run."""
+        if self.replacing and not self.committed:
+            self._restore(self.path / PREVIOUS_RUN)
+            self.replacing = False
+
+
+class _StopOnSignal(Callback):
+    """Ends the training for a signal noted by :class:`_Signals`: after each step, the processes
+    agree (any of them noted one) and, if so, all raise Lightning's own ``SIGTERMException`` at the
+    end of that same step; this saves ``last.ckpt`` then, a consistent state to resume from."""
+
+    def __init__(self, signals: _Signals, path: Path):
+        self.signals, self.path, self.saved = signals, Path(path), False
+        #: called on global rank 0 whenever a checkpoint may have been written (RunDirectory.commit)
+        self.checkpointed: Optional[Callable[[], None]] = None
+
+    def _checkpointed(self, trainer) -> None:
+        if self.checkpointed is not None and trainer.is_global_zero:
+            self.checkpointed()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.signals.defer()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._checkpointed(trainer)  # the last epoch's end wrote last.ckpt
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.strategy.reduce_boolean_decision(self.signals.signum is not None, all=False):
+            # Lightning's stop flag: the loop raises SIGTERMException at the end of this step
+            trainer._signal_connector.received_sigterm = True
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full, resumable state
+        except Exception as e:  # keep the interruption; the end-of-epoch last.ckpt (if any) stays
+            log.warning("could not save %s on interruption: %s", self.path, e)
+            return
+        self.saved = True
+        self._checkpointed(trainer)
+
+
 class _DropAdverts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tip:" not in record.getMessage()
@@ -223,9 +526,10 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*self\.log\('val/knn_.*sync_dist=True.*")
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_per_epoch: Optional[int] = None):
+def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_per_epoch: Optional[int] = None,
+                 extra_callbacks: Tuple[Callback, ...] = ()):
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import TensorBoardLogger
 
     _quiet_lightning()
@@ -235,12 +539,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_p
     ckpt_dir = run_dir / "checkpoints"
     # Lightning saves `save_last` only together with a top-k checkpoint, so "last" is its own
     # callback, written at the end of every epoch (what --resume needs).
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                                 save_on_train_epoch_end=True, enable_version_counter=False)]
+    callbacks: List[Callback] = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                                save_on_train_epoch_end=True, enable_version_counter=False)]
     if monitor:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max",
                                          save_top_k=1, enable_version_counter=False))
     callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += list(extra_callbacks)
     kwargs: Dict[str, Any] = dict(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=precision, log_every_n_steps=max(1, log_every),
@@ -258,47 +563,89 @@ def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_p
 
 
 def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool = True) -> Dict[str, Any]:
-    """Train, checkpoint, then score the backbone with the shared harness."""
+    """Train, checkpoint, then score the backbone with the shared harness.
+
+    Everything a user can get wrong (values, the ``--resume`` checkpoint, data, evaluation plan,
+    an existing run, another process writing the run) fails with a one-line error before the run
+    directory is touched; the run directory is then owned (:class:`RunDirectory`) until the end.
+    SIGINT / SIGTERM end the training with a resumable ``last.ckpt`` and raise :class:`Interrupted`."""
     import lightning as L
 
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     run_dir = run_dir_of(cfg)
-    if resume:
-        check_resume_checkpoint(resume, cfg)  # before anything is written
-    if not resume and not cfg.output.overwrite and (run_dir / "checkpoints" / "last.ckpt").exists():
-        raise ConfigError(
-            f"{run_dir}: a run already exists there; continue it with --resume {run_dir}/checkpoints/last.ckpt, "
-            "or choose output.name=... or output.overwrite=true"
-        )
-    if not resume and cfg.output.overwrite and os.environ.get("LOCAL_RANK", "0") == "0":
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # no stale best.ckpt from an older run
-    skipped = check_evaluation(cfg) if evaluate_after else None  # before hours of training, not after
-    if skipped:
-        log.warning("%s", skipped)
-    built = build(cfg)
-    method, train_ds = built["method"], built["train_dataset"]
-    monitor = None
-    if built["val_loaders"]:
-        monitor = "val/knn_ap_macro" if train_ds.multi_label else "val/knn_acc_macro"
-    trainer = make_trainer(cfg, run_dir, monitor, steps_per_epoch=len(built["train_loader"]))
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml")
-    start = time.perf_counter()
-    trainer.fit(method, train_dataloaders=built["train_loader"],
-                val_dataloaders=built["val_loaders"] or None, ckpt_path=resume,
-                weights_only=True)  # tensors only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
-    train_seconds = time.perf_counter() - start
-    result: Dict[str, Any] = {"run_dir": str(run_dir), "train_seconds": train_seconds,
-                              "epochs": trainer.current_epoch, "steps": trainer.global_step,
-                              "config": to_dict(cfg)}
-    if evaluate_after and trainer.is_global_zero:
-        if skipped:
-            result["eval"], result["eval_skipped"] = {}, skipped
-        else:
-            result["eval"] = evaluate_method(method, cfg, progress=cfg.trainer.progress_bar)
-        (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    last = run_dir / "checkpoints" / "last.ckpt"
+    fresh = not resume or Path(resume).resolve().parent != last.parent.resolve()
+    run: Optional[RunDirectory] = None
+    signals = _Signals()
+    on_interrupt = _StopOnSignal(signals, last)
+
+    def ours(path: Path) -> bool:  # is `path` (still) this run's checkpoint to resume from?
+        return path.is_file() and (on_interrupt.saved or not fresh or (run is not None and run.committed))
+
+    with signals:
+        try:
+            validate(cfg)
+            L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+            if resume:
+                check_resume_checkpoint(resume, cfg)  # before anything is written
+            if _is_rank_zero():
+                check_run_dir(run_dir, fresh, cfg.output.overwrite)  # before building; again under the lock
+            skipped = check_evaluation(cfg) if evaluate_after else None  # before hours of training, not after
+            if skipped:
+                log.warning("%s", skipped)
+            built = build(cfg)
+            method, train_ds = built["method"], built["train_dataset"]
+            monitor = None
+            if built["val_loaders"]:
+                monitor = "val/knn_ap_macro" if train_ds.multi_label else "val/knn_acc_macro"
+            trainer = make_trainer(cfg, run_dir, monitor, steps_per_epoch=len(built["train_loader"]),
+                                   extra_callbacks=(on_interrupt,))
+            if trainer.is_global_zero:  # the ranks as Lightning will set them up
+                run = RunDirectory(run_dir).acquire()
+                run.start(fresh, cfg.output.overwrite)
+                on_interrupt.checkpointed = run.commit
+                OmegaConf.save(cfg, run_dir / "config.yaml")
+            start = time.perf_counter()
+            try:
+                trainer.fit(method, train_dataloaders=built["train_loader"],
+                            val_dataloaders=built["val_loaders"] or None, ckpt_path=resume,
+                            weights_only=True)  # tensors only, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+            except SystemExit:  # Lightning's SIGTERMException, or its exit(1) after a KeyboardInterrupt
+                if signals.signum is None and not trainer.received_sigterm:
+                    raise
+                raise Interrupted(signals.signum or signal.SIGTERM) from None  # (another rank's signal)
+            except Exception as e:
+                if signals.signum is None:
+                    raise
+                # e.g. a DataLoader worker killed by the same signal before it was protected
+                log.warning("training stopped by an error after %s: %s", signal.Signals(signals.signum).name,
+                            (str(e).strip().splitlines() or [type(e).__name__])[0])
+                raise Interrupted(signals.signum) from e
+            finally:
+                signals.deferring = False
+            if signals.signum is not None:  # noted after the last step: the training is complete
+                raise Interrupted(signals.signum)
+            train_seconds = time.perf_counter() - start
+            if run is not None:
+                run.commit(finished=True)
+            result: Dict[str, Any] = {"run_dir": str(run_dir), "train_seconds": train_seconds,
+                                      "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                                      "config": to_dict(cfg)}
+            if evaluate_after and trainer.is_global_zero:
+                if skipped:
+                    result["eval"], result["eval_skipped"] = {}, skipped
+                else:
+                    result["eval"] = evaluate_method(method, cfg, progress=cfg.trainer.progress_bar)
+                (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+            return result
+        except BaseException as e:
+            if run is not None:
+                run.rollback()  # only a new run that has no checkpoint yet: the old run comes back
+            if isinstance(e, Interrupted) and e.checkpoint is None and ours(last):
+                e.checkpoint = last
+            raise
+        finally:
+            if run is not None:
+                run.release()
 
 
 def check_resume_checkpoint(path: str, cfg: DictConfig) -> None:

@@ -5,12 +5,25 @@ from __future__ import annotations
 import argparse
 
 
-def cmd_bench_run(args: argparse.Namespace) -> int:
-    from .runner import run_suite
+EXIT_CELLS_FAILED = 1
 
+
+def cmd_bench_run(args: argparse.Namespace) -> int:
+    import sys
+
+    from .runner import check_max_cells, run_suite
+
+    check_max_cells(args.max_cells, "--max-cells")
     summary = run_suite(args.suite, args.out, dry_run=args.dry_run, max_cells=args.max_cells)
     if not args.dry_run and summary["left"] == 0:
         print(f"all {summary['total']} cells finished; next: ssl-rs bench report {summary['out']}")
+    if summary["failed"]:
+        first = summary["failures"][0]
+        attempted = summary["ran"] + summary["failed"]
+        print(f"ssl-rs: error: {summary['failed']} of {attempted} cells run failed (first: cell {first['cell']} "
+              f"{first['label']}: {first['error']}); recorded in {summary['out']}/results.csv, the next "
+              "`ssl-rs bench run` retries them", file=sys.stderr)
+        return EXIT_CELLS_FAILED
     return 0
 
 
@@ -30,7 +43,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("suite", help="suite YAML (benchmarks/suites/<name>.yaml)")
     p.add_argument("--out", help="output directory (default bench_out/<suite name>)")
     p.add_argument("--dry-run", action="store_true", help="validate the suite and list its cells; run nothing")
-    p.add_argument("--max-cells", type=int, help="stop after running this many cells (the rest run next time)")
+    p.add_argument("--max-cells", type=int, help="stop after running this many cells, >= 1 (the rest run next time)")
     p.set_defaults(func=cmd_bench_run)
 
     p = bsub.add_parser("report", help="write results.md and PNG plots from a run's results.csv")

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from ..errors import ConfigError
-from .runner import read_results
+from .runner import failed_cells, finished_rows, read_results
 from .suite import AXES, Study, load_suite
 
 MAIN_METRICS = ("acc_macro", "ap_macro")
@@ -237,9 +237,9 @@ def embed_run(run_dir: Path, max_samples: int = 1000, method: str = "tsne", seed
     from ..augmentations import Preprocess
     from ..data.dataset import GeoDataset
     from ..evaluation import extract_features
-    from ..train import load_backbone_from_checkpoint
+    from ..evaluation.harness import load_checkpoint_backbone
 
-    backbone, cfg = load_backbone_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    backbone, cfg = load_checkpoint_backbone(run_dir / "checkpoints" / "last.ckpt")
     data_path = OmegaConf.load(run_dir / "config.yaml").data.path
     full = GeoDataset(data_path, split=None, bands=cfg["data_bands"])
     rng = np.random.default_rng(seed)
@@ -306,17 +306,30 @@ def report(out: str | Path, *, embedding: Optional[str] = None, stream: Optional
     suite = load_suite(out / "suite.yaml")
     cells_file = out / "cells.json"
     n_cells = None
+    labels: Dict[str, str] = {}
     if cells_file.is_file():  # keep the suite's current cells; rows of cells edited away stay in the csv
-        current = {c["cell_id"] for c in json.loads(cells_file.read_text())}
+        planned = json.loads(cells_file.read_text())
+        current = {c["cell_id"] for c in planned}
+        labels = {c["cell_id"]: c.get("label", "") for c in planned}
         n_cells = len(current)
         rows = [r for r in rows if r["cell_id"] in current]
+    # Failed cells (status column) are left out of tables and plots and listed in the notes.
+    failed = failed_cells(rows)
+    rows = finished_rows(rows)
+    if not rows:
+        raise ConfigError(f"{out}: results.csv: no finished cells yet ({len(failed)} failed; see the error column, "
+                          f"and run `ssl-rs bench run SUITE --out {out}` again to retry them)")
     finished = len({r["cell_id"] for r in rows})
     plots: List[str] = []
     notes: List[str] = []
+    for cell_id, r in sorted(failed.items(), key=lambda kv: int(kv[1]["cell"]) if kv[1]["cell"].isdigit() else 0):
+        label = labels.get(cell_id) or f"{r['method']} seed={r['seed']}"
+        notes.append(f"cell {r['cell']} ({label}) failed and is left out: {r['error'] or 'no reason recorded'}")
     md = [f"# {suite.name}", ""]
     if suite.description:
         md += [suite.description, ""]
     md += [f"Cells finished: {finished}" + (f" of {n_cells}" if n_cells else "") +
+           (f" ({len(failed)} failed, left out: see the notes)" if failed else "") +
            ". Mean ± std over seeds (sample std); best mean per column in **bold**. "
            "Pretrain s: mean pretraining wall time per run. TensorBoard: `tensorboard --logdir runs`.", ""]
     for study in suite.studies:
@@ -360,8 +373,9 @@ def report(out: str | Path, *, embedding: Optional[str] = None, stream: Optional
     if notes:
         md += ["### Notes", ""] + [f"- {n}" for n in notes] + [""]
     (out / "results.md").write_text("\n".join(md))
-    print(f"wrote {out / 'results.md'} and {len(plots)} plots ({', '.join(plots)})", file=stream)
-    return {"results_md": str(out / "results.md"), "plots": plots, "notes": notes}
+    print(f"wrote {out / 'results.md'} and {len(plots)} plots ({', '.join(plots)})"
+          + (f"; {len(failed)} failed cells left out (listed in its notes)" if failed else ""), file=stream)
+    return {"results_md": str(out / "results.md"), "plots": plots, "notes": notes, "failed": sorted(failed)}
 
 
 def _embedding_runs(rows, limit: int, out: Path) -> List[Tuple[str, Path]]:

@@ -7,19 +7,25 @@ Output directory::
     data/            datasets the runner synthesised or converted (named by a hash of their spec)
     runs/<name>/     one pretraining run per cell: config.yaml, checkpoints/, tb/ (TensorBoard)
     results.csv      one row per (cell, eval dataset, split scheme, protocol), appended and
-                     fsynced after each cell; a cell whose id is here is never run again
+                     fsynced after each cell; a cell with a finished row is never run again.
+                     A cell that fails gets one row with status "failed" and the one-line
+                     reason in "error" (its traceback: runs/<name>/bench_error.log); the
+                     suite goes on, and the next run retries it. Files written before the
+                     status column existed have no status: every row of them is finished.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
 import shutil
 import sys
 import time
+import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,19 +34,40 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 import numpy as np
 
 from ..errors import ConfigError
+from ..files import copy_file, write_text
 from .suite import Cell, DataSpec, Suite, load_suite, short_hash
 
 KEY_COLUMNS = ["suite", "cell_id", "cell", "method", "regularizer", "augmentation", "subset", "n_train",
                "image_size", "seed", "eval_data", "scheme", "protocol"]
-TAIL_COLUMNS = ["n_eval_train", "n_eval_test", "train_seconds", "cell_seconds", "epochs", "run_dir", "finished_at"]
+TAIL_COLUMNS = ["n_eval_train", "n_eval_test", "train_seconds", "cell_seconds", "epochs", "run_dir", "finished_at",
+                "status", "error"]
+FINISHED, FAILED = "finished", "failed"
 
 
 # ----------------------------------------------------------------------------- results.csv
 def read_results(path: Path) -> List[Dict[str, str]]:
+    """Every row of results.csv, finished and failed; ``status`` is filled in (``finished`` for
+    files written before the column existed)."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["status"] = row.get("status") or FINISHED
+        row.setdefault("error", "")
+    return rows
+
+
+def finished_rows(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:
+    """The rows of finished cells (what tables and plots are made of)."""
+    return [r for r in rows if (r.get("status") or FINISHED) == FINISHED]
+
+
+def failed_cells(rows: List[Dict[str, str]]) -> Dict[str, Dict[str, str]]:
+    """cell_id -> its latest failed row, for cells with no finished row (a retried cell that
+    finished is no longer failed)."""
+    done = {r["cell_id"] for r in finished_rows(rows)}
+    return {r["cell_id"]: r for r in rows if r.get("status") == FAILED and r["cell_id"] not in done}
 
 
 def append_results(path: Path, rows: List[Dict[str, Any]]) -> None:
@@ -63,14 +90,11 @@ def append_results(path: Path, rows: List[Dict[str, Any]]) -> None:
             os.fsync(f.fileno())
         return
     old = read_results(path)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, header)
-        writer.writeheader()
-        writer.writerows(old + rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, header)
+    writer.writeheader()
+    writer.writerows(old + rows)
+    write_text(path, text.getvalue(), announce=False)  # .results.csv.part, fsynced, renamed into place
 
 
 # ----------------------------------------------------------------------------- data
@@ -80,7 +104,7 @@ def prepare_dataset(spec: DataSpec, out: Path, label: str, progress: bool = Fals
     if spec.kind == "path":
         path = Path(params["path"])
         if not path.is_file():
-            raise ConfigError(f"data.path: {path} not found")
+            raise ConfigError(f"data.path: {path} not found")  # check_data_sources says it first
     else:
         path = out / "data" / spec.file_name(label)
         if not path.is_file():  # writers are atomic: an existing file is complete
@@ -97,6 +121,25 @@ def prepare_dataset(spec: DataSpec, out: Path, label: str, progress: bool = Fals
     for split in spec.splits:
         _ensure_split(path, dict(split))
     return path
+
+
+def check_data_sources(suite: Suite) -> None:
+    """The datasets a suite reads (``path``, ``convert.src``) exist: checked before anything is
+    written, so a typo leaves no half-made output directory behind."""
+    specs = [("data", suite.data)] + [(f"eval.datasets[{i}].data", d.data)
+                                      for i, d in enumerate(suite.eval_datasets) if d.data is not None]
+    for where, spec in specs:
+        params = dict(spec.params)
+        if spec.kind == "path" and not Path(params["path"]).is_file():
+            raise ConfigError(f"{suite.path}: {where}.path: {params['path']} not found")
+        if spec.kind == "convert" and not Path(params["src"]).exists():
+            raise ConfigError(f"{suite.path}: {where}.convert.src: {params['src']} not found")
+
+
+def check_max_cells(max_cells: Optional[int], option: str = "max_cells") -> None:
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 1):
+        raise ConfigError(f"{option}: must be a number of cells >= 1, got {max_cells!r} (to run nothing and list "
+                          "the cells, use a dry run)")
 
 
 def _ensure_split(path: Path, split: Dict[str, Any]) -> None:
@@ -282,37 +325,83 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
                              "n_eval_train": res["n_train"], "n_eval_test": res["n_test"],
                              "train_seconds": f"{result['train_seconds']:.2f}", "epochs": result["epochs"],
                              "run_dir": os.path.relpath(run_dir, out),
-                             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    (run_dir / "bench_result.json").write_text(json.dumps(
+                             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "status": FINISHED, "error": ""})
+    write_text(run_dir / "bench_result.json", json.dumps(
         {"cell_id": cell.id, "label": cell.label, "train_seconds": result["train_seconds"], "eval": evaluations},
-        indent=2) + "\n")
+        indent=2) + "\n", announce=False)
     return rows
+
+
+def failure_reason(error: BaseException, limit: int = 300) -> str:
+    """One line for results.csv and the log: ``Type: message`` (whitespace folded, shortened)."""
+    text = " ".join(str(error).split())
+    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+def _failed_row(suite: Suite, cell: Cell, cfg: Any, out: Path, reason: str, seconds: float) -> Dict[str, Any]:
+    from ..train import run_dir_of
+
+    base = _cell_row_base(suite, cell, cfg, "", cfg.augmentation.size or "")
+    return {**base, "eval_data": "", "scheme": "", "protocol": "", "cell_seconds": f"{seconds:.2f}",
+            "run_dir": os.path.relpath(run_dir_of(cfg), out),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": FAILED,
+            "error": reason}
+
+
+def _save_traceback(cfg: Any, error: BaseException) -> Optional[Path]:
+    """The failed cell's traceback beside its run (best effort: the reason is in results.csv anyway)."""
+    from ..train import run_dir_of
+
+    path = run_dir_of(cfg) / "bench_error.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    except OSError:
+        return None
+    return path
 
 
 def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_run: bool = False,
               max_cells: Optional[int] = None, stream: Optional[TextIO] = None, progress: bool = False) -> Dict[str, Any]:
-    """Run every unfinished cell of a suite; return counts of cells total / skipped / run / left."""
+    """Run every unfinished cell of a suite (cells that failed before are retried).
+
+    A cell that fails is recorded in results.csv (status ``failed``, the one-line reason) and the
+    suite goes on with the next one. Returns counts of cells: ``total``, ``skipped`` (finished
+    before), ``ran`` (finished now), ``failed`` (failed now; ``failures`` lists them), ``left``
+    (not finished, failed ones included).
+    """
+    check_max_cells(max_cells)
     stream = stream or sys.stdout
     suite = load_suite(suite_path)
     out = Path(out) if out else Path("bench_out") / suite.name
     out = out.resolve()
     log: Callable[[str], None] = lambda line: print(line, file=stream, flush=True)  # noqa: E731
     cells, configs = plan(suite, out)
+    check_data_sources(suite)
     results_path = out / "results.csv"
     previous = read_results(results_path)
-    done = {r["cell_id"] for r in previous}
+    done = {r["cell_id"] for r in finished_rows(previous)}
+    failed_before = failed_cells(previous)
     todo = [c for c in cells if c.id not in done]
-    log(f"suite {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run -> {out}")
+    retry = sum(c.id in failed_before for c in todo)
+    log(f"suite {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run"
+        + (f" ({retry} failed before: retried)" if retry else "") + f" -> {out}")
     if dry_run:
         for c in cells:
-            log(f"  cell {c.index}/{len(cells)} {c.id} {c.label}" + ("  (done)" if c.id in done else ""))
-        return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "left": len(todo), "out": str(out)}
+            mark = "  (done)" if c.id in done else ("  (failed before: " + failed_before[c.id]["error"] + ")"
+                                                    if c.id in failed_before else "")
+            log(f"  cell {c.index}/{len(cells)} {c.id} {c.label}{mark}")
+        return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0, "failures": [],
+                "left": len(todo), "out": str(out)}
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(suite.path, out / "suite.yaml")
-    (out / "cells.json").write_text(json.dumps([
+    copy_file(suite.path, out / "suite.yaml", announce=False)  # rewritten on every resume: not announced
+    write_text(out / "cells.json", json.dumps([
         {"cell_id": c.id, "cell": c.index, "label": c.label, "run_dir": os.path.relpath(configs[c.index].output.dir, out)
-         + "/" + c.run_name, **{a: v.label for a, v in c.values.items()}} for c in cells], indent=2) + "\n")
+         + "/" + c.run_name, **{a: v.label for a, v in c.values.items()}} for c in cells], indent=2) + "\n",
+        announce=False)
     data_path = prepare_dataset(suite.data, out, "pretrain", progress=progress)
     eval_paths = {d.name: (data_path if d.data is None else prepare_dataset(d.data, out, d.name, progress=progress))
                   for d in suite.eval_datasets}
@@ -322,18 +411,30 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
 
     durations: List[float] = []
     # Until a cell of this session finishes, the ETA uses the cells finished by earlier sessions.
-    earlier = [float(v) for v in {r["cell_id"]: r.get("cell_seconds") for r in previous
+    earlier = [float(v) for v in {r["cell_id"]: r.get("cell_seconds") for r in finished_rows(previous)
                                   if r["cell_id"] in {c.id for c in cells}}.values() if v]
     ran = 0
+    failures: List[Dict[str, Any]] = []
     for c in todo:
-        if max_cells is not None and ran >= max_cells:
+        attempted = ran + len(failures)
+        if max_cells is not None and attempted >= max_cells:
             break
-        left = len(todo) - ran
+        left = len(todo) - attempted
         basis = durations or earlier
         eta = format_duration(np.mean(basis) * left) if basis else "?"
         log(f"cell {c.index}/{len(cells)} {c.label} ... ETA {eta}")
         start = time.perf_counter()
-        rows = run_cell(suite, c, configs[c.index], out, eval_paths)
+        try:
+            rows = run_cell(suite, c, configs[c.index], out, eval_paths)
+        except Exception as e:  # one cell's failure must not cost the others (Ctrl-C and SIGTERM still stop)
+            seconds = time.perf_counter() - start
+            reason = failure_reason(e)
+            append_results(results_path, [_failed_row(suite, c, configs[c.index], out, reason, seconds)])
+            saved = _save_traceback(configs[c.index], e)
+            failures.append({"cell": c.index, "cell_id": c.id, "label": c.label, "error": reason})
+            where = f" (traceback: {os.path.relpath(saved, out)})" if saved else ""
+            log(f"  FAILED after {format_duration(seconds)}: {reason}{where}")
+            continue
         durations.append(time.perf_counter() - start)
         for row in rows:
             row["cell_seconds"] = f"{durations[-1]:.2f}"
@@ -344,6 +445,8 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
         score = f", {main['eval_data']}/{main['scheme']} knn {metric} {float(main[metric]):.1f}" if metric else ""
         log(f"  done in {format_duration(durations[-1])} (train {float(main['train_seconds']):.0f}s){score}")
     left = len(todo) - ran
-    log(f"suite {suite.name}: ran {ran} cells, {left} left; results in {results_path}")
-    return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": ran, "left": left, "out": str(out)}
+    failed = f", {len(failures)} failed" if failures else ""
+    log(f"suite {suite.name}: ran {ran} cells{failed}, {left} left; results in {results_path}")
+    return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": ran, "failed": len(failures),
+            "failures": failures, "left": left, "out": str(out)}
 

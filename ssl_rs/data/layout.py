@@ -10,15 +10,18 @@ raise :class:`~ssl_rs.errors.DataError` with one line naming the file and the fi
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import h5py
 import numpy as np
 
 from ..errors import DataError
+from ..files import AtomicOutput
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SPLIT_CODES = ("train", "val", "test")  # stored as uint8 0, 1, 2 in splits/<scheme>
@@ -36,6 +39,13 @@ class H5Writer:
 
     >>> with H5Writer("out.h5", bands=["B02", "B03"], size=(64, 64), gsd=10.0, source="x") as w:
     ...     w.append(image, lat=48.1, lon=11.5, label=3)
+
+    The file is written as ``.out.h5.part`` beside the output and moved into place when the
+    ``with`` block ends cleanly (:mod:`ssl_rs.files`: stale part files are removed, the mode
+    follows the umask, replacing an existing file is logged, and a full disk ends with one
+    line, ``out.h5: no space left on device``). ``before_commit(f, path)``, if given, runs on
+    the complete, still open file just before it is closed (e.g. to add split schemes), so
+    what it adds is part of the atomic write.
     """
 
     def __init__(
@@ -50,6 +60,7 @@ class H5Writer:
         multi_label: bool = False,
         attrs: Optional[Mapping[str, Any]] = None,
         seed: int = 0,
+        before_commit: Optional[Callable[[h5py.File, Path], None]] = None,
     ):
         self.path = Path(path)
         self.bands = [str(b) for b in bands]
@@ -69,36 +80,53 @@ class H5Writer:
         self._columns: Dict[str, list] = {"lat": [], "lon": []}
         self._seen_optional: Dict[str, bool] = {}
         self._file: Optional[h5py.File] = None
-        self._tmp: Optional[str] = None
+        self._out: Optional[AtomicOutput] = None
+        self._images: Optional[h5py.Dataset] = None
+        self._before_commit = before_commit
 
     # -- context manager ---------------------------------------------------------------
     def __enter__(self) -> "H5Writer":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        os.close(fd)
-        self._file = h5py.File(self._tmp, "w")
-        c, (h, w) = len(self.bands), self.size
-        self._file.create_dataset(
-            "images", shape=(0, c, h, w), maxshape=(None, c, h, w), dtype=np.uint16, chunks=(1, c, h, w)
-        )
+        out = AtomicOutput(self.path).__enter__()
+        self._out = out
+        try:
+            # h5py writes through the part file's object: a failed write (a full disk) is
+            # recorded there and reported by ``out.check()`` as one line, instead of failing
+            # inside HDF5, which prints pages of errors and can crash when the file is closed
+            self._file = h5py.File(out.file, "w")
+            c, (h, w) = len(self.bands), self.size
+            self._images = self._file.create_dataset(
+                "images", shape=(0, c, h, w), maxshape=(None, c, h, w), dtype=np.uint16, chunks=(1, c, h, w)
+            )
+            out.check()
+        except BaseException as e:
+            self._abort(e)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             try:
                 self._finish()
-            except BaseException:
-                self._abort()
+            except BaseException as e:
+                self._abort(e)
                 raise
         else:
-            self._abort()
+            self._abort(exc)
 
-    def _abort(self) -> None:
+    def _abort(self, exc: Optional[BaseException] = None) -> None:
+        """Close and remove the part file; a failed write (ENOSPC) is reported as the cause."""
+        out, self._out = self._out, None
+        if out is None:
+            return
+        if out.file is not None:
+            out.file.discarding = True  # closing writes nothing more: it cannot fail
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except Exception:  # pragma: no cover - the file is being thrown away
+                pass
             self._file = None
-        if self._tmp and os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        out.__exit__(type(exc) if exc is not None else RuntimeError, exc, None)
 
     # -- writing -----------------------------------------------------------------------
     def append(
@@ -126,9 +154,10 @@ class H5Writer:
             image = image.astype(np.uint16)
         _check_coordinate(self.path, "lat", lat, 90.0, self._n)
         _check_coordinate(self.path, "lon", lon, 180.0, self._n)
-        ds = self._file["images"]
+        ds = self._images
         ds.resize(self._n + 1, axis=0)
         ds[self._n] = image
+        self._out.check()
         self._update_stats(image)
         self._columns["lat"].append(float(lat))
         self._columns["lon"].append(float(lon))
@@ -199,10 +228,18 @@ class H5Writer:
             f.attrs["class_names"] = self.class_names
         for key, value in self.extra_attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+        if self._before_commit is not None:
+            self._before_commit(f, self.path)
+        self._out.check()
+        self._images = None
         f.close()
         self._file = None
-        os.replace(self._tmp, self.path)  # atomic on one filesystem
-        self._tmp = None
+        out, self._out = self._out, None
+        try:
+            out.commit()  # checks the writes, fsyncs and moves the file into place
+        except BaseException:
+            self._out = out
+            raise
 
 
 def _check_coordinate(path, field: str, value: float, limit: float, index: int) -> None:
@@ -276,6 +313,7 @@ def check_file(path: str | os.PathLike, *, coordinates: bool = True) -> Dict[str
     """
     with open_h5(path) as f:
         _check_open(f, Path(path), coordinates=coordinates)
+        _warn_contents(f, Path(path))
         return describe(f)
 
 
@@ -288,12 +326,29 @@ def _check_open(f: h5py.File, path: Path, coordinates: bool = True) -> None:
         if key in f:
             _check_array(f, path, key, rank, kind)
     n = f["images"].shape[0]
+    if n == 0:
+        raise DataError(f"{path}: images: the file has no samples")
     for key in ("lat", "lon", "label", "labels", "group", "time", "name"):
-        if key in f and f[key].shape[0] != n:
-            raise DataError(f"{path}: {key}: has {f[key].shape[0]} rows but images has {n}")
+        if key in f and not isinstance(f[key], h5py.Dataset):
+            raise DataError(f"{path}: {key}: expected a dataset, found a group")
+        if key in f and f[key].shape[:1] != (n,):
+            raise DataError(f"{path}: {key}: has {f[key].shape[0] if f[key].shape else 0} rows but images has {n}")
+    if "splits" in f and not isinstance(f["splits"], h5py.Group):
+        raise DataError(f"{path}: splits: expected a group of split schemes (splits/<scheme>), found a dataset")
     for scheme, ds in f.get("splits", {}).items():
+        if not isinstance(ds, h5py.Dataset):
+            raise DataError(f"{path}: splits/{scheme}: expected a dataset of split codes, found a group")
         if ds.shape != (n,):
             raise DataError(f"{path}: splits/{scheme}: has shape {ds.shape}, expected ({n},)")
+        if ds.dtype.kind not in "ui":
+            raise DataError(f"{path}: splits/{scheme}: has dtype {ds.dtype}, expected uint8 split codes")
+    if "label" in f:
+        labels = f["label"][:]
+        if labels.size and labels.min() < 0:
+            i = int(np.argmax(labels < 0))
+            raise DataError(f"{path}: label: sample {i} = {int(labels[i])} is negative (class indices start at 0)")
+    for key in ("gsd", "format_version"):
+        _check_number_attr(f, path, key)
     bands = attr_list(f, "bands")
     if bands is None:
         raise DataError(f"{path}: bands: required attribute is missing")
@@ -309,6 +364,52 @@ def _check_open(f: h5py.File, path: Path, coordinates: bool = True) -> None:
             if out.any():
                 i = int(np.argmax(out))
                 raise DataError(f"{path}: {key}: sample {i} = {values[i]} is outside [-{limit:g}, {limit:g}]")
+
+
+def _check_number_attr(f: h5py.File, path: Path, key: str) -> None:
+    """``gsd`` (metres, > 0) and ``format_version`` (integer), when present, must be numbers."""
+    if key not in f.attrs:
+        return
+    value = f.attrs[key]
+    try:
+        number = float(np.asarray(value).item())
+    except (TypeError, ValueError):
+        number = None
+    if key == "gsd":
+        if number is None or not np.isfinite(number) or number <= 0:
+            raise DataError(f"{path}: gsd: attribute is {_shown(value)}, expected a positive number of metres")
+    elif number is None or not float(number).is_integer():
+        raise DataError(f"{path}: {key}: attribute is {_shown(value)}, expected an integer")
+
+
+def _shown(value) -> str:
+    value = value.decode(errors="replace") if isinstance(value, bytes) else value
+    text = repr(value.item() if isinstance(value, np.generic) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _warn_contents(f: h5py.File, path: Path) -> None:
+    """Log (warning) what is valid HDF5 but probably a mistake: labels beyond the class names,
+    split codes other than 0, 1, 2 (train, val, test) and 255 (in no split)."""
+    classes = attr_list(f, "class_names")
+    if classes is not None:
+        if "label" in f:
+            labels = f["label"][:]
+            beyond = labels >= len(classes)
+            if beyond.any():
+                i = int(np.argmax(beyond))
+                log.warning("%s: label: %d samples have a class index beyond the %d class_names (sample %d = %d)",
+                            path, int(beyond.sum()), len(classes), i, int(labels[i]))
+        elif "labels" in f and f["labels"].shape[1] != len(classes):
+            log.warning("%s: labels: %d columns but %d class_names", path, f["labels"].shape[1], len(classes))
+    known = list(range(len(SPLIT_CODES))) + [SPLIT_UNUSED]
+    for scheme, ds in f.get("splits", {}).items():
+        codes = ds[:]
+        unknown = ~np.isin(codes, known)
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            log.warning("%s: splits/%s: %d samples have an unknown split code (sample %d = %d; known: 0 train, "
+                        "1 val, 2 test, %d none)", path, scheme, int(unknown.sum()), i, int(codes[i]), SPLIT_UNUSED)
 
 
 def _check_array(f: h5py.File, path: Path, key: str, rank: int, kind: str) -> None:
@@ -371,7 +472,7 @@ def describe(f: h5py.File) -> Dict[str, Any]:
         "size": [int(h), int(w)],
         "gsd": float(f.attrs["gsd"]) if "gsd" in f.attrs else None,
         "source": _as_str(f.attrs.get("source")),
-        "format_version": int(f.attrs.get("format_version", 0)),
+        "format_version": int(float(np.asarray(f.attrs.get("format_version", 0)).item())),
         "classes": attr_list(f, "class_names") or [],
     }
     lat, lon = f["lat"][:], f["lon"][:]

@@ -8,14 +8,20 @@ share a ``group`` (several dates of one place) always land on the same side.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import h5py
 import numpy as np
 
 from ..errors import ConfigError
 from ..geo.distances import EARTH_RADIUS_KM
 from .layout import SPLIT_CODES, _check_open, open_h5, write_split
+
+log = logging.getLogger(__name__)
 
 KM_PER_DEGREE = EARTH_RADIUS_KM * np.pi / 180.0
 SCHEMES = ("random", "spatial-block")
@@ -26,6 +32,17 @@ def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     if fr.shape != (3,) or (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
     return fr
+
+
+def check_block_km(block_km) -> float:
+    """``block_km`` as a float if it is a positive, finite number of kilometres, else ConfigError."""
+    try:
+        value = float(block_km)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--block-km must be positive and finite (a cell size in km), got {block_km!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--block-km must be positive and finite (a cell size in km), got {block_km}")
+    return value
 
 
 def _assign_units(unit_sizes: np.ndarray, fractions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -60,8 +77,7 @@ def block_ids(lat: np.ndarray, lon: np.ndarray, block_km: float) -> np.ndarray:
     Latitude bands are ``block_km`` tall; each band is cut into cells ``block_km`` wide at the
     band's centre latitude, so cells keep their size from the equator to the poles.
     """
-    if block_km <= 0:
-        raise ConfigError(f"block_km must be positive, got {block_km}")
+    block_km = check_block_km(block_km)
     dlat = block_km / KM_PER_DEGREE
     band = np.floor((np.asarray(lat) + 90.0) / dlat).astype(np.int64)
     centre = np.clip(-90.0 + (band + 0.5) * dlat, -89.9, 89.9)
@@ -99,22 +115,51 @@ def add_split(
     block_km: float = 100.0,
     make_default: bool = False,
 ) -> Dict[str, int]:
-    """Compute a split scheme and store it in the file as ``splits/<name or scheme>``."""
+    """Compute a split scheme and store it in the file as ``splits/<name or scheme>``, in place
+    (a scheme of that name is replaced, and the log says so)."""
+    _check_arguments(scheme, fractions, block_km)
+    with open_h5(path, "r+") as f:
+        _check_open(f, Path(path))
+        return store_split(f, path, scheme, name=name, fractions=fractions, seed=seed, block_km=block_km,
+                           make_default=make_default)
+
+
+def _check_arguments(scheme: str, fractions, block_km) -> None:
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown split scheme {scheme!r} (use one of {', '.join(SCHEMES)})")
-    with open_h5(path, "r+") as f:
-        _check_open(f, path)
-        lat, lon = f["lat"][:], f["lon"][:]
-        groups = f["group"][:] if "group" in f else None
-        if scheme == "random":
-            codes = random_split(len(lat), fractions, seed, groups)
-        else:
-            codes = spatial_block_split(lat, lon, block_km, fractions, seed, groups)
-        key = name or scheme
-        write_split(f, key, codes)
-        f["splits"][key].attrs.update({"scheme": scheme, "seed": seed, "fractions": list(fractions)})
-        if scheme == "spatial-block":
-            f["splits"][key].attrs["block_km"] = block_km
-        if make_default or "default_split" not in f.attrs:
-            f.attrs["default_split"] = key
+    _check_fractions(fractions)
+    if scheme == "spatial-block":
+        check_block_km(block_km)
+
+
+def store_split(
+    f: h5py.File,
+    path: str | os.PathLike,
+    scheme: str,
+    *,
+    name: Optional[str] = None,
+    fractions=(0.7, 0.1, 0.2),
+    seed: int = 0,
+    block_km: float = 100.0,
+    make_default: bool = False,
+) -> Dict[str, int]:
+    """:func:`add_split` on a file that is already open for writing (``path`` names it in messages),
+    e.g. one :class:`~ssl_rs.data.layout.H5Writer` is about to commit."""
+    _check_arguments(scheme, fractions, block_km)
+    lat, lon = f["lat"][:], f["lon"][:]
+    groups = f["group"][:] if "group" in f else None
+    if scheme == "random":
+        codes = random_split(len(lat), fractions, seed, groups)
+    else:
+        codes = spatial_block_split(lat, lon, block_km, fractions, seed, groups)
+    key = name or scheme
+    replaced = "splits" in f and key in f["splits"]
+    write_split(f, key, codes)
+    f["splits"][key].attrs.update({"scheme": scheme, "seed": seed, "fractions": list(fractions)})
+    if scheme == "spatial-block":
+        f["splits"][key].attrs["block_km"] = block_km
+    if make_default or "default_split" not in f.attrs:
+        f.attrs["default_split"] = key
+    if replaced:
+        log.info("replaced splits/%s in %s", key, path)
     return {s: int((codes == i).sum()) for i, s in enumerate(SPLIT_CODES)}

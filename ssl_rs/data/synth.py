@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import os
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..files import check_output
 from ..geo.distances import EARTH_RADIUS_KM
 from .bands import S2_BANDS, S2_BANDS_L2A, normalize_band_name
-from .layout import H5Writer
+from .layout import STATS_MAX_PIXELS, STATS_SAMPLE_PIXELS, H5Writer
 
 # Reflectance (0..1) of archetypal materials in S2_BANDS order
 # (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12), after typical library spectra.
@@ -208,6 +210,69 @@ def tile_centres(lat: np.ndarray, lon: np.ndarray, tiles: int, tile_km: float):
     return _offset(np.asarray(lat)[:, None], np.asarray(lon)[:, None], north[None], east[None])
 
 
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate (Linux: MemAvailable + SwapFree, capped by the
+    cgroup's memory limit); None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}
+        free = info["MemAvailable"] + info.get("SwapFree", 0)
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            free = min(free, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def memory_needed(n: int, *, size: int, bands: int, dates: int = 1, tiles: int = 1, num_classes: int = 8):
+    """Rough peak of the memory :func:`synthesize` needs, in bytes, split into the part that grows
+    with ``n`` (per-place class fields, the writer's per-sample columns) and the part that grows
+    with the image size (one chunk of scenes rendered in float64, the statistics' pixel sample).
+    Measured: ~1 kB per place and class (the class field's (places, classes, 40) intermediates)
+    and ~450 B per rendered pixel of the 13 bands; the estimate adds a margin to both."""
+    places = n // max(1, dates * tiles * tiles)
+    per_n = places * (1300 * num_classes + 200) + n * 250
+    step = max(dates, (CHUNK // (tiles * tiles)) // dates * dates)
+    render = step * (tiles * size) ** 2 * len(S2_BANDS) * 8 * 6
+    reservoir = min(n * min(STATS_SAMPLE_PIXELS, size * size), STATS_MAX_PIXELS + STATS_SAMPLE_PIXELS) * bands * 4 * 3
+    return per_n, render + reservoir
+
+
+def _gb(n_bytes: float) -> str:
+    """``n_bytes`` for people: 512 MB, 22.5 GB, 21.7 TB."""
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale or unit == "MB":
+            return f"{n_bytes / scale:.3g} {unit}" if n_bytes < 1000 * scale else f"{n_bytes / scale:,.0f} {unit}"
+    raise AssertionError  # pragma: no cover
+
+
+def _check_resources(out, n: int, size: int, bands: int, dates: int, tiles: int, num_classes: int) -> None:
+    """Refuse up front what cannot fit in memory or on the output's disk."""
+    per_n, per_size = memory_needed(n, size=size, bands=bands, dates=dates, tiles=tiles, num_classes=num_classes)
+    free = available_memory()
+    if free is not None and per_n + per_size > free:
+        option = f"--n {n}" if per_n >= per_size else f"--size {size}" + (f" --tiles {tiles}" if tiles > 1 else "")
+        raise ConfigError(f"{option}: synthesising needs about {_gb(per_n + per_size)} of memory, "
+                          f"only {_gb(free)} is available")
+    disk = n * bands * size * size * 2  # uncompressed uint16 images
+    parent = next((p for p in Path(out).absolute().parents if p.is_dir()), None)
+    if parent is not None:
+        try:
+            st = os.statvfs(parent)
+        except (OSError, AttributeError):
+            return
+        if disk > st.f_bavail * st.f_frsize:
+            raise DataError(f"{out}: needs about {_gb(disk)} of disk space, only {_gb(st.f_bavail * st.f_frsize)} "
+                            f"free in {parent}")
+
+
 def synthesize(
     out: str | os.PathLike,
     n: int = 2000,
@@ -219,13 +284,18 @@ def synthesize(
     split: bool = True,
     progress: bool = True,
     tiles: int = 1,
+    block_km: float = 0.0,
 ) -> str:
     """Write a synthetic geo-world of ``n`` samples: ``n // (dates * tiles**2)`` places x ``dates``
     x ``tiles**2`` tiles. With ``tiles`` = t > 1 each place and date is rendered once as a scene of
     ``t * size`` px and cut into t x t adjacent ``size`` px tiles, each with its own centre lat/lon
     (``size * 10`` m apart, row 0 northernmost), the place's label and the scene's ``time``.
     ``group`` (only with ``dates`` > 1) is one footprint over its dates: tiles of one scene never
-    share it. Samples are place-major, then date, then tile (row-major)."""
+    share it. Samples are place-major, then date, then tile (row-major).
+
+    ``split`` stores a random split (the default scheme); ``block_km`` > 0 also a spatial-block
+    one with cells of that size. Both are written before the file is moved into place. A request
+    that cannot fit in the available memory or on the output's disk is refused before any work."""
     if n < 3:
         raise ConfigError(f"--n must be at least 3, got {n}")
     if size < 8:
@@ -248,6 +318,12 @@ def synthesize(
     except ValueError as e:
         raise ConfigError(f"--bands: {e}") from None
     band_idx = [S2_BANDS.index(b) for b in band_names]
+    if block_km:
+        from .splits import check_block_km
+
+        block_km = check_block_km(block_km)
+    out = check_output(out)
+    _check_resources(out, n, size, len(band_names), dates, tiles, num_classes)
     rng = np.random.default_rng(seed)
     places = n // per_place
     p_lat, p_lon = sample_locations(rng, places)
@@ -268,6 +344,15 @@ def synthesize(
     from tqdm.auto import tqdm
 
     attrs = {"synthetic": True, "seed": seed, "num_places": places, "tiles_per_side": tiles}
+
+    def add_splits(f, path):
+        from .splits import store_split
+
+        if split:
+            store_split(f, path, "random", seed=seed, make_default=True)
+        if block_km:
+            store_split(f, path, "spatial-block", block_km=block_km, seed=seed)
+
     with H5Writer(
         out,
         bands=band_names,
@@ -277,8 +362,10 @@ def synthesize(
         class_names=[r["name"] for r in recipes],
         attrs=attrs,
         seed=seed,
+        before_commit=add_splits,
     ) as writer:
-        bar = tqdm(total=n, desc="synthesising", unit="img", disable=not progress)
+        # like the converters' bars: shown on a terminal only, so logs and error output stay clean
+        bar = tqdm(total=n, desc="synthesising", unit="img", disable=None if progress else True)
         # scenes rendered at once: about CHUNK tiles' worth of pixels, whole places (their dates
         # share one ground texture)
         step = max(dates, (CHUNK // n_tiles) // dates * dates)
@@ -301,8 +388,4 @@ def synthesize(
                     )
             bar.update(len(idx) * n_tiles)
         bar.close()
-    if split:
-        from .splits import add_split
-
-        add_split(out, "random", seed=seed, make_default=True)
     return str(out)

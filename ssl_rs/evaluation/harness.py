@@ -3,23 +3,127 @@ runner all go through :func:`evaluate`, so every number ssl-rs reports is comput
 
 from __future__ import annotations
 
+import numbers
 import os
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SslRsError
 from ..data.dataset import GeoDataset
 
 PROTOCOLS = ("knn", "linear")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def default_device(device: Optional[str] = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def default_device(device: Optional[Union[str, torch.device]] = None, option: str = "device") -> torch.device:
+    """``device`` checked against this machine (``cuda`` without a GPU is a ConfigError naming
+    ``option``); ``None``: cuda when available, else cpu."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"{option}: {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in DEVICE_TYPES:
+        raise ConfigError(f"{option}: {device!r}: evaluation runs on cpu, cuda or cuda:N, not {dev.type!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option}: {device!r}: no CUDA GPU is available on this machine (use cpu)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"{option}: {device!r}: this machine has {count} CUDA device(s) (cuda:0 .. cuda:{count - 1})")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"{option}: {device!r}: MPS is not available on this machine (use cpu)")
+    return dev
+
+
+def check_eval_options(*, size: Optional[int] = None, batch_size: int = 1, num_workers: int = 0, knn_k: int = 1,
+                       knn_temperature: float = 1.0, linear_epochs: int = 1,
+                       names: Optional[Dict[str, str]] = None) -> None:
+    """One-line ConfigError for a value no evaluation can use (``names`` maps a parameter to the
+    option it came from, e.g. ``{"batch_size": "--batch-size"}``)."""
+    names = names or {}
+
+    def fail(param: str, rule: str, value: Any) -> None:
+        raise ConfigError(f"{names.get(param, param)}: must be {rule}, got {value!r}")
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if size is not None and not (whole(size) and size >= 1):
+        fail("size", "a side in pixels >= 1 (leave it out for the data's size)", size)
+    if not (whole(batch_size) and batch_size >= 1):
+        fail("batch_size", "an integer >= 1", batch_size)
+    if not (whole(num_workers) and num_workers >= 0):
+        fail("num_workers", "an integer >= 0", num_workers)
+    if not (whole(knn_k) and knn_k >= 1):
+        fail("knn_k", "an integer >= 1", knn_k)
+    if not (isinstance(knn_temperature, numbers.Real) and not isinstance(knn_temperature, bool) and knn_temperature > 0):
+        fail("knn_temperature", "> 0", knn_temperature)
+    if not (whole(linear_epochs) and linear_epochs >= 1):
+        fail("linear_epochs", "an integer >= 1", linear_epochs)
+
+
+def check_backbone_args(name: str, args: Any, option: str = "backbone_args") -> Dict[str, Any]:
+    """The arguments of a registered backbone, checked without building it for real: an unknown
+    key (or a value its constructor rejects) is a one-line ConfigError naming ``option``."""
+    import inspect
+
+    from .. import backbones  # noqa: F401  (registers the backbones)
+    from ..config import check_args
+    from ..registry import BACKBONES
+
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{option}: expected a JSON object of backbone arguments, got {type(args).__name__}")
+    factory = BACKBONES.get(name).factory  # an unknown name raises, suggesting the closest one
+    if "in_chans" in args:
+        raise ConfigError(f"{option}: in_chans is set from the data's bands, not by the backbone arguments")
+    try:
+        check_args("backbone", name, factory, args, reserved=("in_chans",))
+    except ConfigError as e:
+        raise ConfigError(f"{option}: {str(e).split(': ', 1)[-1]}") from None
+    if args and any(p.kind == p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()):
+        # timm takes **kwargs: only its constructor knows them. Build on the meta device (no memory, no compute).
+        try:
+            with torch.device("meta"):
+                factory(in_chans=3, **args)
+        except SslRsError as e:
+            raise ConfigError(f"{option}: {e}") from None
+        except (TypeError, ValueError, AssertionError, KeyError) as e:
+            raise ConfigError(f"{option}: backbone {name!r} rejects {args} ({_one_line(e)})") from None
+    return dict(args)
+
+
+def load_checkpoint_backbone(path: Union[str, os.PathLike]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """:func:`ssl_rs.train.load_backbone_from_checkpoint` (tensors only, ``weights_only=True``),
+    with a checkpoint whose config does not fit its weights (another backbone, other arguments,
+    a missing key) reported as one line instead of a traceback."""
+    from ..train import CHECKPOINT_CONFIG_KEY, load_backbone_from_checkpoint
+
+    try:
+        return load_backbone_from_checkpoint(path)
+    except SslRsError:
+        raise
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        backbone = "?"
+        try:  # the file loaded once already; mmap makes the second look cheap
+            cfg = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[CHECKPOINT_CONFIG_KEY]
+            backbone = cfg["backbone"]["name"]
+        except Exception:
+            pass
+        what = f"KeyError {e}" if isinstance(e, KeyError) else _one_line(e, 160)
+        raise ConfigError(f"{path}: {CHECKPOINT_CONFIG_KEY}: its config (backbone {backbone!r}) does not fit the "
+                          f"checkpoint's weights ({what})") from None
 
 
 def evaluate(
@@ -55,6 +159,11 @@ def evaluate(
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
         raise ConfigError(f"unknown evaluation protocol(s) {unknown} (use {', '.join(PROTOCOLS)})")
+    check_eval_options(size=size, batch_size=batch_size, num_workers=num_workers, knn_k=knn_k,
+                       knn_temperature=knn_temperature, linear_epochs=linear_epochs)
+    dev = default_device(device)
+    if isinstance(backbone, str):
+        backbone_args = check_backbone_args(backbone, backbone_args)
     train = GeoDataset(data, split="train", scheme=scheme, bands=bands)
     test = GeoDataset(data, split=eval_split, scheme=scheme, bands=bands)
     if train.target_key is None:
@@ -68,9 +177,8 @@ def evaluate(
     in_chans = getattr(backbone, "in_chans", None)
     if in_chans is not None:
         train.check_bands(in_chans, f"backbone {name!r}")
-    dev = default_device(device)
     backbone = backbone.to(dev)
-    preprocess = Preprocess(size or train.size[0], train.band_mean, train.band_std).to(dev)
+    preprocess = Preprocess(size if size is not None else train.size[0], train.band_mean, train.band_std).to(dev)
     loaders = [
         DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                    pin_memory=dev.type == "cuda", persistent_workers=False)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -114,17 +113,13 @@ def _read_cache(path: Path, k: int) -> np.ndarray:
 
 
 def _write_cache(path: Path, centroids: np.ndarray, seed: int) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a cache. A data
-    directory that is not writable only costs a refit next time, so it is logged, not raised."""
+    """Write atomically (:mod:`ssl_rs.files`: ``.NAME.part`` beside it, renamed into place), so a
+    reader never sees half a cache. A data directory that is not writable, a full disk or another
+    process writing the same cache only costs a refit next time, so it is logged, not raised."""
+    from ..files import atomic_output
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        log.warning("geo-clusters: cannot write the cache %s (%s); the clusters will be refitted next time", path, e)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, centroids=centroids, seed=np.int64(seed), format=np.int64(CACHE_FORMAT))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_output(path, announce=False) as out:
+            np.savez(out.file, centroids=centroids, seed=np.int64(seed), format=np.int64(CACHE_FORMAT))
+    except DataError as e:
+        log.warning("geo-clusters: cannot write the cache (%s); the clusters will be refitted next time", e)

@@ -17,7 +17,6 @@ import http.client
 import os
 import socket
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import DataError, SslRsError
+from ..files import AtomicOutput, atomic_output, write_text
 from .weights import SHA256_RE, ZOO, WeightsEntry
 
 CHUNK = 1 << 20
@@ -74,9 +74,7 @@ def _expected_hash(entry: WeightsEntry, sha256: Optional[str], allow_unverified:
 
 
 def _write_sidecar(path: Path, digest: str) -> None:
-    tmp = path.with_name(path.name + ".sha256.tmp")
-    tmp.write_text(digest + "\n")
-    os.replace(tmp, path.with_name(path.name + ".sha256"))
+    write_text(path.with_name(path.name + ".sha256"), digest + "\n", announce=False)
 
 
 def _check_cached(path: Path, entry: WeightsEntry, expected: Optional[str]) -> bool:
@@ -125,22 +123,27 @@ def download(
     path = cached_path(entry, Path(root) if root is not None else None)
     if _check_cached(path, entry, expected):
         return path
+    # The download goes to .<file>.part beside the cached file (ssl_rs.files): a stale one of a
+    # killed download is replaced; another process downloading the same file is waited for.
+    output = atomic_output(path, announce=False, wait=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=path.parent)
-    except OSError as e:
-        raise DataError(f"{path.parent}: cannot write the weights cache ({e.strerror}); set SSL_RS_HOME") from None
-    tmp = Path(tmp_name)
+        output.__enter__()
+    except DataError as e:
+        reason = str(e)[len(f"{path}: "):] if str(e).startswith(f"{path}: ") else str(e)
+        raise DataError(f"{path.parent}: cannot write the weights cache ({reason}); set SSL_RS_HOME") from None
     try:
-        with os.fdopen(fd, "wb") as out:
-            digest, n_bytes = _stream(entry, out, progress)
+        if _check_cached(path, entry, expected):  # another process cached it while we waited
+            output.discard()
+            return path
+        digest, n_bytes = _stream(entry, _CheckedWriter(output), progress)
         if entry.size is not None and n_bytes != entry.size:
             raise DataError(f"{entry.url}: size: got {n_bytes} bytes, expected {entry.size} (truncated or changed file)")
         if expected is not None and digest != expected:
             raise DataError(f"{entry.url}: sha256: got {digest}, expected {expected}; the file was not cached")
-        os.replace(tmp, path)  # atomic: the cache holds a verified file or nothing
-    finally:
-        _remove(tmp)
+        output.commit()  # atomic: the cache holds a verified file or nothing
+    except BaseException as e:
+        output.__exit__(type(e), e, None)  # removes the part file; a full disk becomes one line
+        raise
     _write_sidecar(path, digest)
     if expected is None:
         msg = (f"WARNING: weights {entry.name!r} were downloaded WITHOUT verification (allow_unverified); "
@@ -148,6 +151,18 @@ def download(
         print(msg, file=sys.stderr)
         warnings.warn(msg, stacklevel=2)
     return path
+
+
+class _CheckedWriter:
+    """Writes to an output's part file and stops the transfer at the first failed write."""
+
+    def __init__(self, output: AtomicOutput):
+        self.output = output
+
+    def write(self, chunk: bytes) -> int:
+        n = self.output.file.write(chunk)
+        self.output.check()
+        return n
 
 
 def _stream(entry: WeightsEntry, out, progress: bool):

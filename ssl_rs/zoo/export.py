@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -23,17 +22,100 @@ import torch
 
 from .. import __version__
 from ..errors import DataError
+from ..files import copy_file, write_bytes, write_text
 from .loading import SAFETENSORS_FORMAT
-from .weights import WeightsEntry
+from .weights import WeightsEntry, check_url
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_config(config_file: Path) -> Dict[str, Any]:
+    """The run's config.yaml as a dict, with the sections export reads checked (one-line DataError)."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError, ValueError, TypeError) as e:
+        raise DataError(f"{config_file}: not a readable run config ({_one_line(e)})") from None
+    if not isinstance(cfg, dict):
+        raise DataError(f"{config_file}: expected a mapping of config sections, got {type(cfg).__name__}")
+    for section in ("backbone", "method"):
+        value = cfg.get(section)
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
+            raise DataError(f"{config_file}: {section}.name: missing (not an ssl-rs run config)")
+        if not isinstance(value.get("args") or {}, dict):
+            raise DataError(f"{config_file}: {section}.args: expected a mapping, got {type(value['args']).__name__}")
+    for section in ("geo", "augmentation", "data", "output"):
+        if not isinstance(cfg.get(section) or {}, dict):
+            raise DataError(f"{config_file}: {section}: expected a mapping, got {type(cfg[section]).__name__}")
+    geo_name = (cfg.get("geo") or {}).get("name")
+    if geo_name is not None and not isinstance(geo_name, str):
+        raise DataError(f"{config_file}: geo.name: expected a name, got {geo_name!r}")
+    size = (cfg.get("augmentation") or {}).get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise DataError(f"{config_file}: augmentation.size: expected a side in pixels, got {size!r}")
+    path = (cfg.get("data") or {}).get("path")
+    if path is not None and not isinstance(path, str):
+        raise DataError(f"{config_file}: data.path: expected a path, got {path!r}")
+    return cfg
+
+
+def _read_results(results_file: Path) -> Dict[str, Any]:
+    """results.json (``{}`` when the run has none), checked where the export reads it."""
+    if not results_file.is_file():
+        return {}
+    try:
+        results = json.loads(results_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{results_file}: not valid JSON ({_one_line(e)})") from None
+    if not isinstance(results, dict):
+        raise DataError(f"{results_file}: expected a JSON object, got {type(results).__name__}")
+    for key in ("epochs", "steps", "train_seconds"):
+        value = results.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DataError(f"{results_file}: {key}: expected a number, got {value!r}")
+    evaluation = results.get("eval")
+    if evaluation is not None:
+        if not isinstance(evaluation, dict):
+            raise DataError(f"{results_file}: eval: expected an object per split scheme, got {type(evaluation).__name__}")
+        for scheme, res in evaluation.items():
+            metrics = res.get("metrics", {}) if isinstance(res, dict) else None
+            if not isinstance(metrics, dict) or not all(isinstance(m, dict) for m in metrics.values()):
+                raise DataError(f"{results_file}: eval.{scheme}.metrics: expected an object of metrics per protocol")
+    return results
+
+
+def check_output_dir(out: Path) -> None:
+    """Fail in one line, before anything is written, if ``out`` cannot hold the export: it is a
+    file, a parent is a file, or the directory that would hold it refuses new files. Writes nothing
+    that stays (the check creates and removes one probe file)."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: output directory: exists and is not a directory")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(f"{out}: output directory: {parent} is not a directory")
+    try:  # a real probe: os.access says yes to root and knows nothing of read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".ssl-rs-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"{out}: output directory: cannot write in {parent} ({e.strerror or e})") from None
 
 
 def _read_run(run_dir: Path, checkpoint: Optional[str]):
-    from omegaconf import OmegaConf
-
     config_file = run_dir / "config.yaml"
     if not config_file.is_file():
         raise DataError(f"{run_dir}: config.yaml not found (not an ssl-rs run directory)")
-    cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+    cfg = _read_config(config_file)
     names = [checkpoint] if checkpoint else ["best", "last"]
     ckpt_file = next((run_dir / "checkpoints" / f"{n}.ckpt" for n in names
                       if (run_dir / "checkpoints" / f"{n}.ckpt").is_file()), None)
@@ -45,8 +127,7 @@ def _read_run(run_dir: Path, checkpoint: Optional[str]):
         raise DataError(f"{ckpt_file}: not a loadable checkpoint ({str(e).splitlines()[0]})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DataError(f"{ckpt_file}: state_dict: not a Lightning checkpoint")
-    results_file = run_dir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results = _read_results(run_dir / "results.json")
     return cfg, ckpt_file, ckpt, results
 
 
@@ -100,7 +181,7 @@ def export_run(
     ``checkpoint``: "best" or "last" (default: best if present). ``url``: where the file will be
     published; until then the entry points at the exported file (``file://``), so it loads as is.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     run = Path(run_dir)
     out = Path(out_dir)
@@ -126,6 +207,9 @@ def export_run(
     name = name or f"{backbone}_{run.name}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise DataError(f"--name: {name!r} must be letters, digits, '_', '.', '-'")
+    if url is not None:
+        check_url(url, "--url")  # before writing: the entry is built after the weights file
+    check_output_dir(out)
 
     out.mkdir(parents=True, exist_ok=True)
     weights_file = out / f"{name}.safetensors"
@@ -135,10 +219,8 @@ def export_run(
         "normalization": json.dumps(facts["normalization"]), "image_size": json.dumps(image_size),
         "method": method, "regularizer": json.dumps(regularizer), "checkpoint": ckpt_file.name,
     }
-    tmp = weights_file.with_name(weights_file.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, weights_file)
-    sha256, size = _sha256(weights_file), weights_file.stat().st_size
+    weights = safetensors_bytes(state, metadata=metadata)  # written below, with the other files
+    sha256, size = hashlib.sha256(weights).hexdigest(), len(weights)
 
     data_text = f"{facts['path']}" + (f" ({facts['n']} samples, {len(bands)} bands)" if facts["n"] else "")
     entry = WeightsEntry(
@@ -150,9 +232,13 @@ def export_run(
         metrics=_flat_metrics(results), source=f"ssl-rs {__version__} run {run.name}",
         summary=f"{backbone} {method}" + (f" + {regularizer}" if regularizer else "") + f" on {Path(str(facts['path'])).name}",
     )
-    shutil.copyfile(run / "config.yaml", out / "config.yaml")
-    (out / "entry.py").write_text(entry_source(entry))
-    (out / "MODEL_CARD.md").write_text(model_card(entry, cfg, results, ckpt_file))
+    # Every file is composed before the first is written, and each is written atomically
+    # (ssl_rs.files: .NAME.part beside it, mode from the umask, "replaced OUT" on the log).
+    card, entry_text = model_card(entry, cfg, results, ckpt_file), entry_source(entry)
+    write_bytes(weights_file, weights)
+    copy_file(run / "config.yaml", out / "config.yaml")
+    write_text(out / "entry.py", entry_text)
+    write_text(out / "MODEL_CARD.md", card)
     return {"weights": weights_file, "model_card": out / "MODEL_CARD.md", "entry_file": out / "entry.py",
             "config": out / "config.yaml", "entry": entry}
 

@@ -196,9 +196,9 @@ def load_backbone(
         path = Path(weights)
         raw, meta = read_weights_file(path)
         if "ssl_rs_config" in raw:  # a Lightning training checkpoint of ours
-            from ..train import load_backbone_from_checkpoint
+            from ..evaluation.harness import load_checkpoint_backbone
 
-            backbone, cfg = load_backbone_from_checkpoint(path)
+            backbone, cfg = load_checkpoint_backbone(path)  # a config that does not fit: one line
             state = dict(backbone.state_dict())
             spec = {"backbone": cfg["backbone"]["name"], "backbone_args": dict(cfg["backbone"]["args"]),
                     "bands": list(cfg["data_bands"]), "normalization": None,

@@ -10,9 +10,36 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ..errors import ConfigError
 from ..registry import NamedCollection
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A weights name becomes a directory of the cache (``<cache>/<name>/<file>``) and the URL's last
+# segment its file name: both must be one plain path component, never ``..`` or a separator.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+URL_SCHEMES = ("https", "http", "file")
+
+
+def url_filename(url: str) -> str:
+    """The file name a weights URL is cached under: the last segment of its path (query and
+    fragment left out)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def check_url(url: object, where: str) -> str:
+    """``url`` if it is an http(s)/file URL whose file name is a safe single path component."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"{where}: url must be an http(s):// or file:// URL, got {url!r}")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in URL_SCHEMES:
+        raise ConfigError(f"{where}: url scheme {scheme!r} is not supported (use {', '.join(URL_SCHEMES)})")
+    name = url_filename(url)
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0") or not name.isprintable():
+        raise ConfigError(f"{where}: url {url!r} must end in a plain file name (it becomes the cached file's "
+                          f"name), got {name!r}")
+    return url
 
 # Key layouts a weights file may use; load_backbone maps each onto our Backbone (``model.<timm keys>``).
 KEY_LAYOUTS = ("ssl_rs", "timm")
@@ -49,10 +76,16 @@ class WeightsEntry:
     summary: str = ""
 
     def __post_init__(self) -> None:
-        if self.sha256 is not None and not SHA256_RE.match(self.sha256):
-            raise ValueError(f"weights {self.name!r}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        # Checked here, not only in the CLI: an entry built through the Python API must not reach
+        # outside the cache (the name is a directory, the URL's file name a file inside it).
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
+            raise ConfigError(f"weights name {self.name!r}: use letters, digits, '_', '.', '-' (it names the cache "
+                              "directory), starting with a letter or digit")
+        check_url(self.url, f"weights {self.name!r}")
+        if self.sha256 is not None and not (isinstance(self.sha256, str) and SHA256_RE.match(self.sha256)):
+            raise ConfigError(f"weights {self.name!r}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
         if self.key_layout not in KEY_LAYOUTS:
-            raise ValueError(f"weights {self.name!r}: key_layout must be one of {KEY_LAYOUTS}")
+            raise ConfigError(f"weights {self.name!r}: key_layout must be one of {KEY_LAYOUTS}")
         object.__setattr__(self, "bands", tuple(self.bands))
 
     @property
@@ -65,7 +98,7 @@ class WeightsEntry:
 
     @property
     def filename(self) -> str:
-        return self.url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+        return url_filename(self.url)
 
     def as_dict(self) -> Dict[str, Any]:
         return {

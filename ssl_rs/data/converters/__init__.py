@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ...errors import ConfigError, DataError
+from ...files import check_output
 from .bigearthnet import convert_bigearthnet
 from .eurosat import convert_eurosat
 from .major_tom import convert_major_tom
@@ -64,9 +65,7 @@ class Converter:
             for name, option in known.items()
         }
         src_dir = check_source(src)
-        out_path = Path(out)
-        if out_path.is_dir():
-            raise DataError(f"{out_path}: output: is a directory, expected an .h5 file path")
+        out_path = check_output(out)  # a directory, or a parent that is a file, is refused up front
         return self.function(src_dir, out_path, progress=progress, **values)
 
 

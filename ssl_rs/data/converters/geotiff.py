@@ -20,6 +20,7 @@ import rasterio
 from affine import Affine
 from pyproj import Transformer
 from rasterio.enums import Resampling
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
 from ...errors import DataError
@@ -77,7 +78,13 @@ def open_geotiff(path: str | os.PathLike) -> Iterator[rasterio.io.DatasetReader]
         if np.dtype(ds.dtypes[0]).kind not in "ui":
             # floats would be truncated silently when stored as uint16 reflectance
             raise DataError(f"{path}: dtype: expected integer reflectance, found {ds.dtypes[0]}")
-        yield ds
+        try:
+            yield ds
+        except (RasterioIOError, CPLE_BaseError) as e:
+            # a valid header over missing or damaged pixel data (a truncated download)
+            cause = e.__cause__ or e.__context__ or e
+            detail = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            raise DataError(f"{path}: pixels: cannot be read, the file is truncated or corrupt ({detail})") from None
 
 
 def grid_of(ds: rasterio.io.DatasetReader) -> Grid:
