@@ -585,8 +585,7 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
         try:
             validate(cfg)
             L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-            if resume:
-                check_resume_checkpoint(resume, cfg)  # before anything is written
+            resume_state = check_resume_checkpoint(resume, cfg) if resume else None  # before anything is written
             if _is_rank_zero():
                 check_run_dir(run_dir, fresh, cfg.output.overwrite)  # before building; again under the lock
             skipped = check_evaluation(cfg) if evaluate_after else None  # before hours of training, not after
@@ -594,6 +593,9 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
                 log.warning("%s", skipped)
             built = build(cfg)
             method, train_ds = built["method"], built["train_dataset"]
+            if resume_state is not None:
+                check_resume_shapes(resume, resume_state, method)
+                del resume_state
             monitor = None
             if built["val_loaders"]:
                 monitor = "val/knn_ap_macro" if train_ds.multi_label else "val/knn_acc_macro"
@@ -648,10 +650,11 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
                 run.release()
 
 
-def check_resume_checkpoint(path: str, cfg: DictConfig) -> None:
+def check_resume_checkpoint(path: str, cfg: DictConfig) -> Dict[str, Any]:
     """A ``--resume`` checkpoint must exist, load as tensors only (an explicit ``weights_only=True``
     holds even under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, so a pickled payload is refused, not
-    run) and come from a run of the same method; a one-line ConfigError otherwise."""
+    run) and come from a run of the same method; a one-line ConfigError otherwise. Returns its
+    ``state_dict`` for :func:`check_resume_shapes`."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--resume: checkpoint {p} not found")
@@ -665,6 +668,22 @@ def check_resume_checkpoint(path: str, cfg: DictConfig) -> None:
     saved = ((ckpt.get(CHECKPOINT_CONFIG_KEY) or {}).get("method") or {}).get("name")
     if saved is not None and saved != cfg.method.name:
         raise ConfigError(f"--resume: {p} is a {saved!r} checkpoint; the config trains {cfg.method.name!r}")
+    return ckpt["state_dict"]
+
+
+def check_resume_shapes(path: str, state: Dict[str, Any], method: torch.nn.Module) -> None:
+    """The checkpoint's weights must fit the model the config builds (same keys and shapes), or
+    Lightning would fail half-way through restoring with a traceback."""
+    own = method.state_dict()
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise ConfigError(f"--resume: {path}: state_dict: no {missing[0]!r} ({len(missing)} weights of the "
+                          "configured model missing: another backbone or method settings?)")
+    for key, value in own.items():
+        saved = state[key]
+        if tuple(saved.shape) != tuple(value.shape):
+            raise ConfigError(f"--resume: {path}: state_dict: {key} has shape {tuple(saved.shape)}, the config's "
+                              f"model {tuple(value.shape)} (other method, backbone or data settings?)")
 
 
 def evaluation_plan(cfg: DictConfig) -> Tuple[str, List[Optional[str]]]:

@@ -275,3 +275,15 @@ def test_resume_refuses_bad_checkpoints_before_writing_anything(tiny_world, tmp_
     assert "\n" not in str(err.value)
     assert not marker.exists()
     assert not (tmp_path / "runs" / "resumed").exists()
+
+
+def test_resume_refuses_a_checkpoint_of_other_shapes_before_writing_anything(tiny_world, tmp_path):
+    """Same method, other settings (projection width): one line naming the weight, nothing written."""
+    first = pretrain(config(tiny_world, tmp_path, "mocov2", None, "output.name=small",
+                            "method.args.proj_output_dim=16"), evaluate_after=False)
+    last = Path(first["run_dir"]) / "checkpoints" / "last.ckpt"
+    cfg = config(tiny_world, tmp_path, "mocov2", None, "output.name=other", "method.args.proj_output_dim=32")
+    with pytest.raises(ConfigError, match=r"--resume: .*last\.ckpt: state_dict: .* has shape") as err:
+        pretrain(cfg, resume=str(last), evaluate_after=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs" / "other").exists()
