@@ -202,22 +202,18 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def _check_output_file(path: str, option: str) -> None:
     """Fail now, in one line, if ``path`` could not be written later (it is a directory, a parent
     is a file, or its directory refuses new files); writes nothing."""
-    import os
-    import tempfile
     from pathlib import Path
+
+    from .files import nearest_existing, probe_writable
 
     target = Path(path).expanduser()
     if target.is_dir():
         raise ConfigError(f"{option}: {target} is a directory, not a file")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(target.parent)
     if not parent.is_dir():
         raise ConfigError(f"{option}: {target}: {parent} is not a directory")
-    try:  # a real probe: os.access says yes to root and knows nothing of read-only mounts
-        fd, probe = tempfile.mkstemp(prefix=".ssl-rs-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+    try:
+        probe_writable(parent)
         if target.exists():
             with open(target, "ab"):
                 pass

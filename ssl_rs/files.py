@@ -91,6 +91,25 @@ def check_output(path: PathLike) -> Path:
     return path
 
 
+def nearest_existing(path: PathLike) -> Path:
+    """``path`` or its closest ancestor that exists (what an output's missing folders would be
+    created in)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def probe_writable(directory: PathLike) -> None:
+    """Create and remove one hidden file in ``directory``: a real probe, since ``os.access`` says
+    yes to root and knows nothing of read-only mounts. Raises the OSError a write would meet."""
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(prefix=".ssl-rs-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
+
+
 # ----------------------------------------------------------------------------- the part file
 class PartFile(io.RawIOBase):
     """Binary, seekable, readable file object over the part file's descriptor.

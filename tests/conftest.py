@@ -35,3 +35,50 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real Sentinel-2 samples not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(root)`` emulates a read-only directory even as root (where chmod does not stop
+    writes): creating, or opening for writing, anything under ``root`` raises PermissionError."""
+    import builtins
+    import io
+    import os
+
+    def apply(root: Path) -> None:
+        root_text = str(root)
+
+        def inside(path) -> bool:
+            try:
+                text = os.path.abspath(os.fspath(path))
+            except TypeError:
+                return False
+            return text == root_text or text.startswith(root_text + os.sep)
+
+        def deny(path):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        real_os_open, real_open, real_mkdir = os.open, builtins.open, os.mkdir
+        write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & write_flags and inside(path):
+                deny(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def open_(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and not isinstance(file, int) and inside(file):
+                deny(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        def mkdir(path, *args, **kwargs):
+            if inside(path):
+                deny(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", os_open)
+        monkeypatch.setattr(builtins, "open", open_)
+        monkeypatch.setattr(io, "open", open_)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+
+    return apply

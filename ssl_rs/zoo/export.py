@@ -94,19 +94,15 @@ def check_output_dir(out: Path) -> None:
     """Fail in one line, before anything is written, if ``out`` cannot hold the export: it is a
     file, a parent is a file, or the directory that would hold it refuses new files. Writes nothing
     that stays (the check creates and removes one probe file)."""
-    import tempfile
+    from ..files import nearest_existing, probe_writable
 
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: output directory: exists and is not a directory")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(out)
     if not parent.is_dir():
         raise DataError(f"{out}: output directory: {parent} is not a directory")
-    try:  # a real probe: os.access says yes to root and knows nothing of read-only mounts
-        fd, probe = tempfile.mkstemp(prefix=".ssl-rs-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+    try:
+        probe_writable(parent)
     except OSError as e:
         raise DataError(f"{out}: output directory: cannot write in {parent} ({e.strerror or e})") from None
 

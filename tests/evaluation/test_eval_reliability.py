@@ -3,8 +3,6 @@ evaluation runs, and nothing is written; checkpoints load as tensors only."""
 
 from __future__ import annotations
 
-import builtins
-import io
 import json
 import os
 from pathlib import Path
@@ -220,49 +218,11 @@ def test_json_that_is_a_directory_fails_before_the_evaluation(capsys, tmp_path, 
     assert not no_evaluation
 
 
-def read_only(monkeypatch, root: Path) -> None:
-    """Emulate a read-only directory even as root (where chmod does not stop writes): creating
-    or opening for writing anything under ``root`` raises PermissionError."""
-    root = str(root)
-
-    def inside(path) -> bool:
-        try:
-            return os.path.abspath(os.fspath(path)).startswith(root + os.sep) or os.path.abspath(os.fspath(path)) == root
-        except TypeError:
-            return False
-
-    def deny(path):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    real_os_open, real_open, real_mkdir = os.open, builtins.open, os.mkdir
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
-
-    def os_open(path, flags, *args, **kwargs):
-        if flags & write_flags and inside(path):
-            deny(path)
-        return real_os_open(path, flags, *args, **kwargs)
-
-    def open_(file, mode="r", *args, **kwargs):
-        if any(c in mode for c in "wax+") and not isinstance(file, int) and inside(file):
-            deny(file)
-        return real_open(file, mode, *args, **kwargs)
-
-    def mkdir(path, *args, **kwargs):
-        if inside(path):
-            deny(path)
-        return real_mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", os_open)
-    monkeypatch.setattr(builtins, "open", open_)
-    monkeypatch.setattr(io, "open", open_)
-    monkeypatch.setattr(os, "mkdir", mkdir)
-
-
-def test_json_in_a_read_only_directory_fails_before_the_evaluation(capsys, tmp_path, tiny_world, monkeypatch,
+def test_json_in_a_read_only_directory_fails_before_the_evaluation(capsys, tmp_path, tiny_world, read_only,
                                                                     no_evaluation):
     locked = tmp_path / "locked"
     locked.mkdir()
-    read_only(monkeypatch, locked)
+    read_only(locked)
     code, _, err = run_cli(capsys, "eval", "knn", "--backbone", "tiny_cnn", "--data", str(tiny_world),
                            "--json", str(locked / "r.json"), "--device", "cpu")
     assert_one_line_error(code, err, "--json: cannot write", "Permission denied")

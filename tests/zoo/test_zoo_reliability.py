@@ -4,7 +4,6 @@ runs and unwritable outputs in one line before writing anything."""
 
 from __future__ import annotations
 
-import builtins
 import io
 import json
 import os
@@ -223,51 +222,12 @@ def test_bad_url_is_refused_before_anything_is_written(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def read_only(monkeypatch, root: Path) -> None:
-    """Emulate a read-only directory even as root (chmod does not stop root's writes): creating,
-    or opening for writing, anything under ``root`` raises PermissionError."""
-    root_text = str(root)
-
-    def inside(path) -> bool:
-        try:
-            text = os.path.abspath(os.fspath(path))
-        except TypeError:
-            return False
-        return text == root_text or text.startswith(root_text + os.sep)
-
-    def deny(path):
-        raise PermissionError(13, "Permission denied", str(path))
-
-    real_os_open, real_open, real_mkdir = os.open, builtins.open, os.mkdir
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
-
-    def os_open(path, flags, *args, **kwargs):
-        if flags & write_flags and inside(path):
-            deny(path)
-        return real_os_open(path, flags, *args, **kwargs)
-
-    def open_(file, mode="r", *args, **kwargs):
-        if any(c in mode for c in "wax+") and not isinstance(file, int) and inside(file):
-            deny(file)
-        return real_open(file, mode, *args, **kwargs)
-
-    def mkdir(path, *args, **kwargs):
-        if inside(path):
-            deny(path)
-        return real_mkdir(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", os_open)
-    monkeypatch.setattr(builtins, "open", open_)
-    monkeypatch.setattr(io, "open", open_)
-    monkeypatch.setattr(os, "mkdir", mkdir)
-
-
 @pytest.mark.parametrize("where", ["locked", "locked/release"])
-def test_output_in_a_read_only_directory_is_one_line(tmp_path, capsys, monkeypatch, where):
+def test_output_in_a_read_only_directory_is_one_line(tmp_path, capsys, read_only, where):
     run = fake_run(tmp_path / "run")
     locked = tmp_path / "locked"
     locked.mkdir()
-    read_only(monkeypatch, locked)
+    read_only(locked)
     code, _, err = export_cli(capsys, run, tmp_path / where)
     assert_one_line(code, err, "output directory: cannot write in", "Permission denied")
     assert files_under(locked) == []
