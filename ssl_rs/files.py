@@ -114,11 +114,12 @@ def probe_writable(directory: PathLike) -> None:
 class PartFile(io.RawIOBase):
     """Binary, seekable, readable file object over the part file's descriptor.
 
-    A failing write (e.g. ENOSPC) is recorded in :attr:`error`, not raised: the file then
-    discards further writes but keeps its position, so a library writing through it (h5py's
-    file-object driver) finishes its call cleanly instead of failing half-way, which for HDF5
-    means pages of errors and possibly a crash when the file is closed. The owner checks
-    :attr:`error` (``AtomicOutput.check``) and gives up with one line.
+    A failing write (e.g. ENOSPC) is recorded in :attr:`error`, not raised: from then on writes
+    go to memory (:attr:`_unsaved`, read back over the disk's bytes), so a library writing through
+    it (h5py's file-object driver) finishes its call cleanly and reads back what it wrote, instead
+    of failing half-way, which for HDF5 means pages of errors, or a crash when it re-reads
+    metadata that never reached the disk. The owner checks :attr:`error` (``AtomicOutput.check``)
+    as work progresses, so little is held in memory, and gives up with one line.
     """
 
     def __init__(self, fd: int, name: str):
@@ -129,6 +130,7 @@ class PartFile(io.RawIOBase):
         self._end = 0  # furthest byte written, also while discarding
         self.error: Optional[OSError] = None
         self.discarding = False
+        self._unsaved: list = []  # (offset, bytes) written after a failure, oldest first
 
     def readable(self) -> bool:
         return True
@@ -156,21 +158,30 @@ class PartFile(io.RawIOBase):
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
-        data = os.pread(self._fd, len(view), self._pos)
+        start = self._pos
+        data = os.pread(self._fd, len(view), start)
+        n = min(len(view), max(len(data), self._end - start, 0))
         view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        view[len(data):n] = bytes(n - len(data))
+        for offset, chunk in self._unsaved:  # what was written after a failure, in order
+            lo, hi = max(offset, start), min(offset + len(chunk), start + n)
+            if lo < hi:
+                view[lo - start:hi - start] = chunk[lo - offset:hi - offset]
+        self._pos += n
+        return n
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
+        done = 0
         if self.error is None and not self.discarding:
-            done = 0
             try:
                 while done < n:
                     done += os.pwrite(self._fd, view[done:], self._pos + done)
             except OSError as e:
                 self.error = e
+        if done < n:
+            self._unsaved.append((self._pos + done, bytes(view[done:])))
         self._pos += n
         self._end = max(self._end, self._pos)
         return n
@@ -307,6 +318,7 @@ class AtomicOutput:
         assert self.file is not None, "the output is not open"
         try:
             self.check()
+            raise_pending_signal()  # never move an interrupted output into place
             os.fsync(self.file.fileno())
             self.replaced = os.path.lexists(self.path)
             os.replace(self.part, self.path)
@@ -386,9 +398,14 @@ def terminate_cleanly() -> Iterator[None]:
         yield
         return
 
+    global _pending_signal
+
     def handler(signum, frame):
+        global _pending_signal
+        _pending_signal = signum  # kept: an exception raised inside a GC callback is swallowed
         raise Interrupted(signum)
 
+    _pending_signal = None
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except (ValueError, OSError):  # pragma: no cover - no signals here
@@ -396,5 +413,18 @@ def terminate_cleanly() -> Iterator[None]:
         return
     try:
         yield
+        raise_pending_signal()  # a swallowed one still ends the command as interrupted
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _pending_signal = None
+
+
+#: the signal :func:`terminate_cleanly` caught, until the command ends
+_pending_signal: Optional[int] = None
+
+
+def raise_pending_signal() -> None:
+    """Raise :class:`~ssl_rs.errors.Interrupted` if a SIGTERM arrived whose exception was lost
+    (Python ignores exceptions raised while a garbage-collection callback runs)."""
+    if _pending_signal is not None:
+        raise Interrupted(_pending_signal)
