@@ -650,19 +650,26 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
                 run.release()
 
 
+def load_tensors_only(path: Path, prefix: str = "") -> Any:
+    """A checkpoint file loaded with an explicit ``weights_only=True`` (which holds even under
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``: a pickled payload is refused, never run); a missing or
+    unreadable file is one line, ``prefix`` + the path + what is wrong."""
+    if not path.is_file():
+        raise ConfigError(f"{prefix}{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{prefix}{path}: not a loadable ssl-rs checkpoint (tensors only: {first})") from None
+
+
 def check_resume_checkpoint(path: str, cfg: DictConfig) -> Dict[str, Any]:
     """A ``--resume`` checkpoint must exist, load as tensors only (an explicit ``weights_only=True``
     holds even under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, so a pickled payload is refused, not
     run) and come from a run of the same method; a one-line ConfigError otherwise. Returns its
     ``state_dict`` for :func:`check_resume_shapes`."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--resume: checkpoint {p} not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"--resume: {p}: not a loadable tensors-only checkpoint ({first})") from None
+    ckpt = load_tensors_only(p, "--resume: ")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"--resume: {p}: state_dict: not a training checkpoint")
     saved = ((ckpt.get(CHECKPOINT_CONFIG_KEY) or {}).get("method") or {}).get("name")
@@ -739,12 +746,7 @@ def load_backbone_from_checkpoint(path: str | os.PathLike) -> Tuple[torch.nn.Mod
     from .backbones import create_backbone
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: checkpoint not found")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ConfigError(f"{p}: not a loadable ssl-rs checkpoint ({str(e).splitlines()[0]})") from None
+    ckpt = load_tensors_only(p)
     if not isinstance(ckpt, dict) or CHECKPOINT_CONFIG_KEY not in ckpt:
         raise ConfigError(f"{p}: {CHECKPOINT_CONFIG_KEY}: not an ssl-rs training checkpoint")
     cfg = ckpt[CHECKPOINT_CONFIG_KEY]
