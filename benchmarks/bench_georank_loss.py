@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_rs.geo.distances import pairwise_haversine_km  # noqa: E402
+from ssl_rs.geodesy import pairwise_haversine_km  # noqa: E402
 from ssl_rs.geo.georank import GeoRank, off_diagonal  # noqa: E402
 
 TEMPERATURE, STRENGTH, MAX_KM, MARGIN = 0.04, 0.001, 3000.0, 1.0

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..geo.distances import EARTH_RADIUS_KM
+from ..geodesy import EARTH_RADIUS_KM
 from .dataset import GeoDataset
 from .pairs import PairedSamples
 

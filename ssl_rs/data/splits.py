@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError
-from ..geo.distances import EARTH_RADIUS_KM
+from ..geodesy import EARTH_RADIUS_KM
 from .layout import SPLIT_CODES, _check_open, open_h5, write_split
 
 log = logging.getLogger(__name__)

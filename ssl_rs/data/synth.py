@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..files import check_output
-from ..geo.distances import EARTH_RADIUS_KM
+from ..geodesy import EARTH_RADIUS_KM
 from .bands import S2_BANDS, S2_BANDS_L2A, normalize_band_name
 from .layout import STATS_MAX_PIXELS, STATS_SAMPLE_PIXELS, H5Writer
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
 from .base import GeoRegularizer
-from .distances import pairwise_haversine_km
+from ..geodesy import pairwise_haversine_km
 from .soft_rank import soft_rank
 
 ERRORS = ("squared", "absolute")

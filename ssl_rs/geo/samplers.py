@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ..errors import ConfigError
-from .distances import EARTH_RADIUS_KM
+from ..geodesy import EARTH_RADIUS_KM
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..registry import REGULARIZERS
 from .base import GeoRegularizer
-from .distances import pairwise_haversine_km
+from ..geodesy import pairwise_haversine_km
 
 def _random_member(mask: Tensor) -> Tensor:
     """For each row, a uniformly random column where ``mask`` is True (arbitrary where none is):

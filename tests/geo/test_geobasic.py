@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ssl_rs.errors import ConfigError
-from ssl_rs.geo.distances import EARTH_RADIUS_KM
+from ssl_rs.geodesy import EARTH_RADIUS_KM
 from ssl_rs.geo.geobasic import GeoBasic
 from ssl_rs.registry import REGULARIZERS
 

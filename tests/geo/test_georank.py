@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ssl_rs.errors import ConfigError
-from ssl_rs.geo.distances import EARTH_RADIUS_KM
+from ssl_rs.geodesy import EARTH_RADIUS_KM
 from ssl_rs.geo.georank import GeoRank, off_diagonal, unit_rank_norm
 from ssl_rs.registry import REGULARIZERS
 
@@ -86,7 +86,7 @@ def test_hand_case_ranks_are_the_hand_ranks():
     z, batch = hand_batch(scale_norms=False)
     sim = off_diagonal(z @ z.T).numpy()
     np.testing.assert_array_equal(np.argsort(np.argsort(-sim, 1), 1) + 1, HAND_X)
-    from ssl_rs.geo.distances import pairwise_haversine_km
+    from ssl_rs.geodesy import pairwise_haversine_km
 
     d = off_diagonal(pairwise_haversine_km(batch["lat"], batch["lon"])).numpy()
     np.testing.assert_allclose(d, HAND_D, rtol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssl_rs.errors import ConfigError
-from ssl_rs.geo.distances import pairwise_haversine_km
+from ssl_rs.geodesy import pairwise_haversine_km
 from ssl_rs.geo.tile2vec import Tile2VecTriplets
 from ssl_rs.registry import REGULARIZERS
 

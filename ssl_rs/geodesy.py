@@ -1,4 +1,4 @@
-"""Great-circle (haversine) distances in km on a spherical Earth.
+"""Geodesy on a spherical Earth: great-circle (haversine) distances in km.
 
 Coordinates are in degrees and always passed latitude first, as keyword-friendly ``lat``/``lon``
 arguments, so that the two cannot be swapped silently. The radius is the IUGG mean Earth radius,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from .errors import DataError
 
 EARTH_RADIUS_KM = 6371.0088
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssl_rs.errors import DataError
-from ssl_rs.geo.distances import EARTH_RADIUS_KM, haversine_km, pairwise_haversine_km
+from ssl_rs.geodesy import EARTH_RADIUS_KM, haversine_km, pairwise_haversine_km
 
 PARIS = (48.8566, 2.3522)
 LONDON = (51.5074, -0.1278)
