@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pip's own index is used for everything; torch is whatever build pip resolves (unpinned).
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test test-fast venv clean bench
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# skips the tests marked slow (DDP and other multi-process runs, the method x regularizer matrix,
+# long end-to-end runs); `make test` (CI) runs everything
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py

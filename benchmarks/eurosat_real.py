@@ -5,7 +5,7 @@
 1. convert ``<repo>/../shared/data/eurosat_ms_subset`` (read in place) to ``OUT/eurosat_subset.h5``
    and add a split scheme ``all`` that puts every tile in ``train`` (pretraining uses no labels);
 2. score a randomly initialised backbone (the floor), then pretrain each method (default MoCo v2
-   and MoCo v2 + GeoRank with the CPU-sized settings of ``zoo_configs/synthetic``, tiny CNN at
+   and MoCo v2 + GeoRank with the CPU-sized settings of the packaged ``synthetic/`` configs, tiny CNN at
    64 px) once per seed;
 3. extract frozen features of ALL 270 tiles from each run's ``last.ckpt`` and score them with
    weighted k-NN (k=20, T=0.07) on ``RepeatedStratifiedKFold(n_splits=5, n_repeats=3,
@@ -28,7 +28,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "data" / "eurosat_ms_subset"
-CONFIGS = REPO / "zoo_configs" / "synthetic"
 
 
 def prepare(src: Path, out: Path) -> Path:
@@ -68,9 +67,10 @@ def run(out: Path, src: Path = DEFAULT_SRC, methods: Sequence[str] = ("mocov2", 
 
     from ssl_rs.backbones import create_backbone
     from ssl_rs.bench.kfold import repeated_kfold_knn
-    from ssl_rs.bench.runner import _quiet_lightning
+    from ssl_rs.trainer import quiet_lightning
     from ssl_rs.config import load_config
-    from ssl_rs.train import load_backbone_from_checkpoint, pretrain
+    from ssl_rs.checkpoint import load_encoder
+    from ssl_rs.train import pretrain
 
     out = out.resolve()
     path = prepare(src, out)
@@ -111,10 +111,10 @@ def run(out: Path, src: Path = DEFAULT_SRC, methods: Sequence[str] = ("mocov2", 
                          "output.overwrite=true"]
             if name.startswith("mocov2"):
                 overrides.append("method.args.queue_size=256")  # below the 270 tiles: no tile twice in the queue
-            cfg = load_config(CONFIGS / f"{name}.yaml", overrides + list(extra))
-            with _quiet_lightning():
+            cfg = load_config(f"synthetic/{name}", overrides + list(extra))  # a packaged config
+            with quiet_lightning():
                 result = pretrain(cfg, evaluate_after=False)
-            trained, ckpt_cfg = load_backbone_from_checkpoint(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
+            trained, ckpt_cfg = load_encoder(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
             x, y = features_of(trained, path, ckpt_cfg["data_bands"], size)
             scores.append(repeated_kfold_knn(x, y, **kfold))
             times.append(result["train_seconds"])
@@ -149,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out/eurosat_real"))
     parser.add_argument("--src", type=Path, default=DEFAULT_SRC, help="the EuroSAT-MS subset folder (read in place)")
-    parser.add_argument("--methods", default="mocov2,mocov2_georank", help="zoo_configs/synthetic names")
+    parser.add_argument("--methods", default="mocov2,mocov2_georank", help="packaged synthetic/ config names")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", default="0", help="comma-separated pretraining seeds")
     parser.add_argument("--backbone", default="tiny_cnn")

@@ -13,21 +13,12 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from .errors import ConfigError, SslRsError
+from .text import markdown_table
 
 EXIT_USAGE = 2
 
 
 # ----------------------------------------------------------------------------- helpers
-def _print_table(rows: List[Dict[str, object]], columns: Sequence[str]) -> None:
-    """A plain aligned text table (also valid Markdown)."""
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
-
-
 def _floats(text: str) -> List[float]:
     try:
         return [float(x) for x in text.split(",")]
@@ -48,63 +39,70 @@ def _write_json(path: Optional[str], payload: Dict) -> None:
 
 
 # ----------------------------------------------------------------------------- list
-def _registries() -> Dict[str, object]:
-    from . import augmentations, backbones  # noqa: F401  (registration happens on import)
-    from .data.converters import CONVERTERS
+LIST_KINDS = ("backbones", "augmentations", "methods", "regularizers", "converters", "configs")
+
+
+def _listing(kind: str) -> List[Dict[str, object]]:
+    """Name and one-line description of everything of one kind (the registries load themselves)."""
+    if kind == "configs":
+        from .config import config_summary, packaged_configs, resolve_config
+
+        return [{"name": n, "description": config_summary(resolve_config(n))} for n in packaged_configs()]
+    if kind == "converters":
+        from .data.converters import CONVERTERS
+
+        return [{"name": c.name, "description": c.summary} for c in CONVERTERS.entries()]
     from .registry import AUGMENTATIONS, BACKBONES, METHODS, REGULARIZERS
 
-    _import_optional("ssl_rs.methods")
-    _import_optional("ssl_rs.geo.regularizers")
-    return {
-        "backbones": BACKBONES,
-        "augmentations": AUGMENTATIONS,
-        "methods": METHODS,
-        "regularizers": REGULARIZERS,
-        "converters": CONVERTERS,
-    }
-
-
-def _import_optional(module: str) -> None:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:  # a real missing dependency, not a part that is not built yet
-            raise
+    registry = {"backbones": BACKBONES, "augmentations": AUGMENTATIONS, "methods": METHODS,
+                "regularizers": REGULARIZERS}[kind]
+    return [{"name": e.name, "description": e.summary} for e in registry.entries()]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    registries = _registries()
-    kinds = [args.kind] if args.kind else list(registries)
-    for kind in kinds:
-        registry = registries[kind]
-        if kind == "converters":
-            rows = [{"name": name, "description": conv.summary} for name, conv in sorted(registry.items())]
-        else:
-            rows = [{"name": e.name, "description": e.summary} for e in registry.entries()]
+    for kind in [args.kind] if args.kind else LIST_KINDS:
+        rows = _listing(kind)
         print(f"{kind} ({len(rows)})")
-        _print_table(rows, ["name", "description"])
+        print(markdown_table(rows, ["name", "description"]))
         print()
     return 0
 
 
 # ----------------------------------------------------------------------------- data
-def cmd_data_convert(args: argparse.Namespace) -> int:
-    from .data.converters import convert
+def _add_converter_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option the converters declare (``patch_size`` -> ``--patch-size``), so a new
+    converter's options reach the command without an edit here. An option several converters
+    declare is one flag; its type and choices are kept where they agree, else each converter
+    checks the value itself (``Option.parse``)."""
+    from .data.converters import CONVERTERS
 
-    options = {
-        key: value
-        for key, value in {
-            "patch_size": args.patch_size,
-            "product": args.product,
-            "max_cloud": args.max_cloud,
-            "labels": args.labels,
-            "size": args.size,
-            "stride": args.stride,
-        }.items()
-        if value is not None
-    }
+    declared: Dict[str, list] = {}
+    for converter in CONVERTERS.entries():
+        for option in converter.options:
+            declared.setdefault(option.name, []).append((converter.name, option))
+    for name, uses in declared.items():  # converters by name, each one's options as it declares them
+        first = uses[0][1]
+        same_type = all(o.type is first.type for _, o in uses)
+        choices = list(first.choices) if first.choices and all(o.choices == first.choices for _, o in uses) else None
+        helps = [f"{converter}: {o.help}" + ("" if o.default is None else f" (default {o.default})")
+                 for converter, o in uses]
+        p.add_argument(first.flag, dest=f"option_{name}", type=first.type if same_type else str, choices=choices,
+                       metavar=None if choices else name.upper(), help="; ".join(helps))
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from .data.converters import convert, get_converter
+
+    prefix = "option_"
+    options = {key[len(prefix):]: value for key, value in vars(args).items()
+               if key.startswith(prefix) and value is not None}
+    converter = get_converter(args.format)  # an unknown format fails first, with its did-you-mean
+    declared = {o.name for o in converter.options}
+    for name in options:  # a flag another converter declares: refused by the flag the user typed
+        if name not in declared:
+            flags = ", ".join(o.flag for o in converter.options) or "none"
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}: not an option of {converter.name} (its options: {flags})")
     from .files import terminate_cleanly
 
     with terminate_cleanly():  # SIGTERM removes the partial output like Ctrl-C does
@@ -184,6 +182,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"size      {info['size'][0]} x {info['size'][1]} px at {info['gsd']} m")
     print(f"lat       {info['lat_range'][0]:.4f} .. {info['lat_range'][1]:.4f}")
     print(f"lon       {info['lon_range'][0]:.4f} .. {info['lon_range'][1]:.4f}")
+    print(f"columns   {', '.join(info['columns'])}")
     if "time_range" in info:
         print(f"time      {info['time_range'][0]} .. {info['time_range'][1]}")
     if "groups" in info:
@@ -274,7 +273,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     columns = ["protocol"] + [c for c in rows[0] if c != "protocol"]
     print(f"{result['backbone']} on {result['data']} (split scheme {result['scheme']}: "
           f"{result['n_train']} train, {result['n_test']} {result['eval_split']})")
-    _print_table(rows, columns)
+    print(markdown_table(rows, columns))
     try:
         _write_json(args.json, result)
     except OSError as e:
@@ -299,7 +298,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                 rows.append({"scheme": scheme, "protocol": protocol,
                              **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}})
         print(f"run {result['run_dir']}: {result['epochs']} epochs in {result['train_seconds']:.0f} s")
-        _print_table(rows, list(rows[0]))
+        print(markdown_table(rows, list(rows[0])))
     return 0
 
 
@@ -311,12 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ssl-rs {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered backbones, augmentations, methods, regularizers, converters")
-    p.add_argument("kind", nargs="?", choices=["backbones", "augmentations", "methods", "regularizers", "converters"])
+    p = sub.add_parser("list", help="list registered backbones, augmentations, methods, regularizers, converters "
+                       "and the packaged configs")
+    p.add_argument("kind", nargs="?", choices=LIST_KINDS)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("pretrain", help="pretrain a method (+ geo regularizer) from a config, then k-NN evaluate")
-    p.add_argument("-c", "--config", help="YAML config (zoo_configs/<dataset>/<method>[_<regularizer>].yaml)")
+    p.add_argument("-c", "--config", help="YAML config: a file, or a packaged config's name such as "
+                   "synthetic/mocov2_georank (`ssl-rs list configs`; a local file of that name wins)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=2 geo.alpha=0.3")
     p.add_argument("--resume", help="continue from a checkpoint (optimiser, schedules, EMA and epoch restored)")
     p.set_defaults(func=cmd_pretrain)
@@ -325,16 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     p = dsub.add_parser("convert", help="convert a real dataset distribution to the ssl-rs HDF5 layout")
-    p.add_argument("format", help="eurosat-ms | bigearthnet | ssl4eo-s12 | major-tom")
+    from .data.converters import CONVERTERS
+
+    p.add_argument("format", help=" | ".join(CONVERTERS.names()) + " (`ssl-rs list converters`)")
     p.add_argument("src", help="the dataset's folder")
     p.add_argument("-o", "--output", required=True, help="output .h5 file (written atomically)")
-    p.add_argument("--patch-size", type=int, help="major-tom: side of the patches cut from each tile (px)")
-    p.add_argument("--product", choices=["L1C", "L2A"], help="ssl4eo-s12: which product (default L1C)")
-    p.add_argument("--max-cloud", type=float, help="major-tom: drop patches with a larger cloud fraction")
-    p.add_argument("--stride", type=int, help="major-tom: px between patch corners (< patch size: overlapping "
-                   "neighbours; default: the patch size)")
-    p.add_argument("--labels", choices=["43", "19"], help="bigearthnet: CORINE nomenclature (default 43)")
-    p.add_argument("--size", type=int, help="ssl4eo-s12: centre crop to this size (px)")
+    _add_converter_flags(p)
     p.set_defaults(func=cmd_data_convert)
 
     p = dsub.add_parser("synth", help="write the synthetic geo-world (the demo's default data)")

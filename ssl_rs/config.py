@@ -1,8 +1,10 @@
 """Pretraining configuration: one schema, YAML files that compose, dotted overrides.
 
 A config file may name ``defaults: [other.yaml, ...]`` (paths relative to it) that it is
-merged onto, so ``zoo_configs/<dataset>/<method>[_<regularizer>].yaml`` only states what
-differs from its dataset's and the shared defaults. Every key is checked against the schema:
+merged onto, so a packaged config, ``ssl_rs/configs/<dataset>/<method>[_<regularizer>].yaml``,
+only states what differs from its dataset's and the shared defaults. A config is named by a
+path or by a packaged name (``synthetic/mocov2``): :func:`resolve_config` says which file a name
+means, for ``-c``, for ``defaults:`` entries and for bench suites alike. Every key is checked against the schema:
 an unknown key is an error that names it and suggests the closest valid one. Method, backbone,
 augmentation and regularizer arguments (``*.args``) are checked against the signature of the
 registered factory they go to.
@@ -10,16 +12,18 @@ registered factory they go to.
 
 from __future__ import annotations
 
-import difflib
 import inspect
+import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from .errors import ConfigError
+from .text import did_you_mean
 
 
 @dataclass
@@ -140,13 +144,78 @@ def valid_keys(schema=PretrainConfig, prefix: str = "") -> List[str]:
     return keys
 
 
-def _suggest(key: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    if not close:  # match the last component alone ("trainer.max_epoch" -> "max_epochs")
-        tail = key.rsplit(".", 1)[-1]
-        close = [c for c in candidates if c.rsplit(".", 1)[-1] in difflib.get_close_matches(
-            tail, [c.rsplit(".", 1)[-1] for c in candidates], n=1, cutoff=0.6)]
-    return f"; did you mean {close[0]!r}?" if close else ""
+def packaged_config_dir() -> Path:
+    """The folder of the configs that ship with the package (``ssl_rs/configs``)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+CONFIG_SUFFIX = ".yaml"
+
+
+def _is_layer(name: str) -> bool:
+    """``defaults`` and ``<dataset>/_data``: layers the configs compose, not runs of their own."""
+    return name == "defaults" or name.rsplit("/", 1)[-1].startswith("_")
+
+
+def packaged_configs(layers: bool = False) -> List[str]:
+    """Names of the packaged configs, ``<dataset>/<method>[_<regularizer>]``, sorted; with
+    ``layers``, also the shared layers they compose (``defaults``, ``<dataset>/_data``)."""
+    root = packaged_config_dir()
+    names = (p.relative_to(root).with_suffix("").as_posix() for p in root.rglob(f"*{CONFIG_SUFFIX}"))
+    return sorted(n for n in names if layers or not _is_layer(n))
+
+
+def _packaged_file(name: str) -> Optional[Path]:
+    """The packaged YAML named ``name`` (with or without ``.yaml``), if there is one."""
+    root = packaged_config_dir()
+    text = name.replace(os.sep, "/")
+    if Path(text).is_absolute():
+        return None
+    stem = text[: -len(CONFIG_SUFFIX)] if text.endswith(CONFIG_SUFFIX) else text
+    path = (root / f"{stem}{CONFIG_SUFFIX}").resolve()
+    # a name is a file inside the package, never a way out of it ("../../x")
+    return path if path.is_file() and root in path.parents else None
+
+
+def resolve_config(name: Union[str, os.PathLike], relative_to: Optional[Path] = None) -> Path:
+    """The YAML file a config name means.
+
+    A file that exists always wins: ``name`` as a path (relative to ``relative_to``, by default
+    the working directory), then ``name`` + ``.yaml``. Otherwise it is a packaged config's name,
+    with or without ``.yaml`` (``synthetic/mocov2``). Anything else is a one-line ConfigError
+    suggesting the closest packaged name.
+    """
+    text = os.fspath(name)
+    base = Path.cwd() if relative_to is None else Path(relative_to)
+    local = base / Path(text).expanduser()  # an absolute name replaces the base
+    for candidate in (local, local.with_name(local.name + CONFIG_SUFFIX)):
+        if candidate.is_file():
+            return candidate
+    packaged = _packaged_file(text)
+    if packaged is not None:
+        return packaged
+    stem = text[: -len(CONFIG_SUFFIX)] if text.endswith(CONFIG_SUFFIX) else text
+    hint = did_you_mean(stem, packaged_configs(layers=True), cutoff=0.5)
+    raise ConfigError(f"{text}: config file not found, and no packaged config has that name{hint} "
+                      "(`ssl-rs list configs` lists them)")
+
+
+def config_summary(path: Union[str, os.PathLike]) -> str:
+    """One line about a config: the first sentence of its leading comment, else its method and
+    regularizer (after composing its ``defaults``)."""
+    path = Path(path)
+    comment = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    text = " ".join(c for c in comment if c)
+    if text:
+        first = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].rstrip(".:;")
+        return first if len(first) <= 100 else first[:99].rstrip() + "…"
+    cfg = _load_yaml(path)
+    method, geo = OmegaConf.select(cfg, "method.name"), OmegaConf.select(cfg, "geo.name")
+    return " + ".join(str(n) for n in (method, geo) if n) or "-"
 
 
 #: keys that were renamed: a clear error instead of a guess
@@ -165,17 +234,25 @@ def _load_yaml(path: Path, seen: tuple = ()) -> DictConfig:
     defaults = raw.pop("defaults", []) if isinstance(raw, DictConfig) else []
     merged = OmegaConf.create()
     for name in defaults:
-        merged = OmegaConf.merge(merged, _load_yaml(path.parent / str(name), seen + (path.resolve(),)))
+        # relative to this file first, then a packaged name: a user's file can compose
+        # ``defaults: [synthetic/mocov2]`` without copying it
+        try:
+            default = resolve_config(str(name), relative_to=path.parent)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: defaults: {e}") from None
+        merged = OmegaConf.merge(merged, _load_yaml(default, seen + (path.resolve(),)))
     return OmegaConf.merge(merged, raw)
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema <- YAML file (with its ``defaults``) <- ``key=value`` overrides; validated."""
+def load_config(path: Union[str, os.PathLike, None] = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema <- YAML file (with its ``defaults``) <- ``key=value`` overrides; validated.
+    ``path``: a file, or a packaged config's name (see :func:`resolve_config`)."""
     cfg = OmegaConf.structured(PretrainConfig)
     keys = valid_keys()
     layers = []
     if path:
-        layers.append((str(path), _load_yaml(Path(path))))
+        file = resolve_config(path)
+        layers.append((str(file), _load_yaml(file)))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -188,7 +265,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Di
             key = e.full_key or str(e.key)
             if key in RENAMED_KEYS:
                 raise ConfigError(f"{source}: {key} was renamed {RENAMED_KEYS[key]}") from None
-            raise ConfigError(f"{source}: unknown config key {key!r}{_suggest(key, keys)}") from None
+            raise ConfigError(f"{source}: unknown config key {key!r}{did_you_mean(key, keys, cutoff=0.5)}") from None
         except ValidationError as e:
             raise ConfigError(f"{source}: {e.full_key}: {str(e).splitlines()[0]}") from None
     if OmegaConf.is_missing(cfg.data, "path"):
@@ -201,30 +278,49 @@ METHOD_ARGS_SET_BY_BUILD = ("augmentation", "regularizer", "alpha", "geo_embeddi
                             "eval_preprocess", "knn_k", "knn_temperature")
 
 
-def check_args(kind: str, name: str, factory, args: Dict[str, Any], reserved: Sequence[str] = ()) -> None:
-    """Raise ConfigError for ``args`` that ``factory`` does not accept, suggesting a close one."""
-    params = inspect.signature(factory).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()) and kind != "method":
-        return
-    accepted = [p for p in params if p not in ("self", "backbone", *reserved)]
-    if kind == "method":  # the EMA arguments of the base class pass through **kwargs
-        from .methods.base import BaseMomentumMethod
+def _init_parameters(cls: type) -> List[str]:
+    """Keyword arguments a class's constructor accepts, through ``**kwargs`` passed up its bases
+    (a method's own, then its base classes': the EMA arguments of a momentum method)."""
+    names: List[str] = []
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        names += [p for p, v in params.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
+                  and p not in ("self", "backbone") and p not in names]
+        if not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+            break  # nothing is passed further up
+    return names
 
-        accepted += [p for p in inspect.signature(BaseMomentumMethod.__init__).parameters
-                     if p not in ("self", "args", "kwargs")]
+
+def check_args(kind: str, name: str, factory, args: Dict[str, Any], reserved: Sequence[str] = ()) -> None:
+    """Raise ConfigError for ``args`` that ``factory`` does not accept, suggesting a close one.
+    ``factory`` is a function, or (methods) a class, whose bases' constructors count too."""
+    if kind == "method":
+        accepted = [p for p in _init_parameters(factory) if p not in reserved]
         reserved = (*reserved, *METHOD_ARGS_SET_BY_BUILD)
+    else:
+        params = inspect.signature(factory).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            return
+        accepted = [p for p in params if p not in ("self", "backbone", *reserved)]
     for key in args:
         if kind == "method" and key in {f.name for f in fields(OptimizerConfig)} | {"optimizer", "scale_lr"}:
             raise ConfigError(f"method.args.{key}: optimiser settings go in the optimizer section "
                               f"(optimizer.{'name' if key == 'optimizer' else key}=...)")
         if key not in accepted or key in reserved:
-            raise ConfigError(f"{kind}.args: {name!r} has no argument {key!r}{_suggest(key, accepted)}")
+            raise ConfigError(f"{kind}.args: {name!r} has no argument {key!r}{did_you_mean(key, accepted, cutoff=0.5)}")
 
 
 def validate(cfg: DictConfig) -> None:
-    """The values a pretraining's types cannot rule out (a negative learning rate, zero epochs, a
-    batch of 0): a one-line ConfigError naming the key, raised by ``pretrain`` before anything
-    is written. (Recipe-level optimiser values are checked again by the method's recipe.)"""
+    """What a pretraining config can get wrong beyond its types, checked before anything is built
+    or written: a one-line ConfigError naming the key. ``pretrain`` runs it first, and the bench
+    runner for every cell of a suite before the first one trains.
+
+    First the values (a negative learning rate, zero epochs, a batch of 0; recipe-level optimiser
+    values are checked again by the method's recipe), then the registered parts the config names
+    (method, backbone, augmentation, regularizer): each exists and accepts its ``args``."""
 
     def positive(x):
         return x > 0
@@ -256,6 +352,17 @@ def validate(cfg: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
             raise ConfigError(f"{key}: must be {what}, got {value!r}")
+
+    # the same checks as ``build`` makes of the arguments it passes on (its reserved ones included)
+    from .registry import AUGMENTATIONS, BACKBONES, METHODS, REGULARIZERS
+
+    check_args("method", cfg.method.name, METHODS.get(cfg.method.name).factory, dict(cfg.method.args))
+    check_args("backbone", cfg.backbone.name, BACKBONES.get(cfg.backbone.name).factory, dict(cfg.backbone.args),
+               reserved=("in_chans",))
+    check_args("augmentation", cfg.augmentation.name, AUGMENTATIONS.get(cfg.augmentation.name).factory,
+               dict(cfg.augmentation.args), reserved=("size", "mean", "std", "n_views", "seed"))
+    if cfg.geo.name:
+        check_args("geo", cfg.geo.name, REGULARIZERS.get(cfg.geo.name).factory, dict(cfg.geo.args))
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "zoo_configs" / "synthetic"
 SCHEMES = ("random", "spatial-block")
 
 
@@ -47,7 +45,7 @@ def run_demo(out: Path, n: int = 2000, size: int = 32, epochs: int = 10, seed: i
 
     for i, name in enumerate(methods):
         print(f"[3/4] pretraining {name} ({epochs} epochs)", flush=True)
-        cfg = load_config(CONFIGS / f"{name}.yaml", [
+        cfg = load_config(f"synthetic/{name}", [  # the packaged config, wherever the demo runs
             f"data.path={world}", f"output.dir={out / 'runs'}", f"trainer.max_epochs={epochs}",
             f"trainer.seed={seed}", f"trainer.progress_bar={progress}", "output.overwrite=true", *extra,
         ])
@@ -66,17 +64,19 @@ def run_demo(out: Path, n: int = 2000, size: int = 32, epochs: int = 10, seed: i
 
 
 def format_table(rows: List[Dict[str, object]]) -> str:
+    from .text import markdown_table
+
     header = ["method", "random acc-macro", "random acc-micro", "spatial-block acc-macro",
               "spatial-block acc-micro", "pretrain s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    table = []
     for r in rows:
         cells = [str(r["method"])]
         for scheme in SCHEMES:
             m = r[scheme]
             cells += [f"{m['acc_macro']:.1f}", f"{m['acc_micro']:.1f}"]  # type: ignore[index]
         cells.append(f"{float(r['train_s']):.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(dict(zip(header, cells)))
+    return markdown_table(table, header)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

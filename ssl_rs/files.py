@@ -22,6 +22,7 @@ cover the one-shot cases.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -378,6 +379,15 @@ def write_bytes(path: PathLike, data: bytes, *, announce: bool = True) -> Path:
 def write_text(path: PathLike, text: str, *, announce: bool = True) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
     return write_bytes(path, text.encode("utf-8"), announce=announce)
+
+
+def sha256_file(path: PathLike) -> str:
+    """The hex sha256 of the file at ``path``, read in 1 MiB chunks (weights files are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def copy_file(src: PathLike, path: PathLike, *, announce: bool = True) -> Path:

@@ -1,4 +1,5 @@
-"""Geodesy on a spherical Earth: great-circle (haversine) distances in km.
+"""Geodesy on a spherical Earth: great-circle (haversine) distances in km, and points as 3-D unit
+vectors (so longitude wraps around and the poles are not special).
 
 Coordinates are in degrees and always passed latitude first, as keyword-friendly ``lat``/``lon``
 arguments, so that the two cannot be swapped silently. The radius is the IUGG mean Earth radius,
@@ -7,6 +8,7 @@ the default of the ``haversine`` package that the GeoRank authors use.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,3 +43,17 @@ def pairwise_haversine_km(lat: Tensor, lon: Tensor, radius_km: float = EARTH_RAD
     if lat.dim() != 1 or lat.shape != lon.shape:
         raise DataError(f"lat and lon must be 1-d and of equal length, got {tuple(lat.shape)} and {tuple(lon.shape)}")
     return haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :], radius_km)
+
+
+def unit_vectors(lat, lon) -> np.ndarray:
+    """(..., 3) float64 points (x, y, z) on the unit sphere for latitudes and longitudes in degrees
+    (numpy); z points to the North Pole, x to (0, 0)."""
+    la, lo = np.radians(np.asarray(lat, np.float64)), np.radians(np.asarray(lon, np.float64))
+    return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
+
+
+def unit_vectors_torch(lat: Tensor, lon: Tensor) -> Tensor:
+    """:func:`unit_vectors` of tensors, computed in their dtype and on their device (for batches:
+    e.g. the geo-cluster of each sample on the GPU)."""
+    la, lo = torch.deg2rad(lat), torch.deg2rad(lon)
+    return torch.stack([torch.cos(la) * torch.cos(lo), torch.cos(la) * torch.sin(lo), torch.sin(la)], dim=-1)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from ssl_rs.config import check_args, load_config
+from ssl_rs.config import (
+    check_args,
+    config_summary,
+    load_config,
+    packaged_config_dir,
+    packaged_configs,
+    resolve_config,
+)
 from ssl_rs.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "zoo_configs"
+CONFIGS = packaged_config_dir()
 
 
 def test_composition_and_overrides():
@@ -39,12 +44,12 @@ def test_bad_method_args():
     from ssl_rs.methods.mocov2 import MoCoV2
 
     with pytest.raises(ConfigError, match="has no argument 'temprature'; did you mean 'temperature'"):
-        check_args("method", "mocov2", MoCoV2.__init__, {"temprature": 0.1})
-    check_args("method", "mocov2", MoCoV2.__init__, {"temperature": 0.1, "base_tau": 0.9, "tau_schedule": "epoch"})
+        check_args("method", "mocov2", MoCoV2, {"temprature": 0.1})
+    check_args("method", "mocov2", MoCoV2, {"temperature": 0.1, "base_tau": 0.9, "tau_schedule": "epoch"})
     with pytest.raises(ConfigError, match=r"method.args.lr: optimiser settings go in .*optimizer.lr"):
-        check_args("method", "mocov2", MoCoV2.__init__, {"lr": 0.1})
+        check_args("method", "mocov2", MoCoV2, {"lr": 0.1})
     with pytest.raises(ConfigError, match="has no argument 'seed'"):  # set by build from trainer.seed
-        check_args("method", "mocov2", MoCoV2.__init__, {"seed": 1})
+        check_args("method", "mocov2", MoCoV2, {"seed": 1})
 
 
 def test_renamed_optimizer_key_is_named():
@@ -69,3 +74,74 @@ def test_every_zoo_config_loads():
             continue
         cfg = load_config(path)
         assert cfg.method.name
+
+
+# ----------------------------------------------------------------------------- packaged configs
+
+
+def test_every_zoo_config_loads_by_name():
+    names = packaged_configs()
+    assert "synthetic/mocov2" in names and "ssl4eo/mocov2_georank" in names
+    assert not any(n == "defaults" or n.rsplit("/", 1)[-1].startswith("_") for n in names)  # layers, not runs
+    for name in names:
+        cfg = load_config(name)  # the packaged defaults: chains (../defaults.yaml, _data.yaml) resolve too
+        assert cfg.method.name and config_summary(resolve_config(name))
+
+
+def test_a_packaged_name_resolves_from_anywhere_and_a_local_file_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    packaged = CONFIGS / "synthetic" / "mocov2.yaml"
+    assert resolve_config("synthetic/mocov2") == packaged
+    assert resolve_config("synthetic/mocov2.yaml") == packaged
+    assert load_config("synthetic/mocov2_georank").geo.name == "georank"
+    (tmp_path / "synthetic").mkdir()
+    (tmp_path / "synthetic" / "mocov2.yaml").write_text("method: {name: simclr}\ndata: {path: x.h5}\n")
+    for name in ("synthetic/mocov2", "synthetic/mocov2.yaml"):
+        assert resolve_config(name) == tmp_path / "synthetic" / "mocov2.yaml"
+        assert load_config(name).method.name == "simclr"
+
+
+def test_unknown_config_name_is_one_line_with_the_closest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"synthetic/mocov2_georak: config file not found.*"
+                                          r"did you mean 'synthetic/mocov2_georank'\?") as info:
+        load_config("synthetic/mocov2_georak")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="config file not found"):
+        resolve_config("../../../configs/synthetic/mocov2")  # a name never leaves the package
+
+
+def test_a_users_file_composes_packaged_defaults(tmp_path):
+    user = tmp_path / "elsewhere" / "mine.yaml"
+    user.parent.mkdir()
+    user.write_text("defaults: [synthetic/mocov2_georank]\ntrainer: {max_epochs: 3}\n")
+    cfg = load_config(user)
+    assert (cfg.method.name, cfg.geo.name, cfg.trainer.max_epochs) == ("mocov2", "georank", 3)
+    assert cfg.backbone.name == "tiny_cnn" and cfg.eval.knn_k == 20  # the packaged _data.yaml and defaults.yaml
+    (tmp_path / "elsewhere" / "synthetic").mkdir()  # a file next to the user's wins over the packaged one
+    local = tmp_path / "elsewhere" / "synthetic" / "mocov2_georank.yaml"
+    local.write_text("method: {name: byol}\ndata: {path: x.h5}\n")
+    assert load_config(user).method.name == "byol"
+    user.write_text("defaults: [synthetic/nope]\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: defaults: synthetic/nope: config file not found"):
+        load_config(user)
+
+
+def test_config_summary_is_the_leading_comment_or_the_parts(tmp_path):
+    summary = config_summary(CONFIGS / "synthetic" / "mocov2_georank.yaml")
+    assert summary == "MoCo v2 + GeoRank on the synthetic geo-world"
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("defaults: [synthetic/mocov2]\ngeo: {name: tile2vec}\n")
+    assert config_summary(bare) == "mocov2 + tile2vec"
+
+
+
+def test_ema_arguments_only_for_momentum_methods():
+    """A method's accepted arguments are its own and its base classes' (through ``**kwargs``):
+    SimCLR has no EMA target, so ``base_tau`` is refused before training, not a TypeError later."""
+    from ssl_rs.methods.byol import BYOL
+    from ssl_rs.methods.simclr import SimCLR
+
+    check_args("method", "byol", BYOL, {"base_tau": 0.99, "final_tau": 1.0})
+    with pytest.raises(ConfigError, match="'simclr' has no argument 'base_tau'"):
+        check_args("method", "simclr", SimCLR, {"base_tau": 0.99})

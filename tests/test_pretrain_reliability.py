@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from ssl_rs.cli import main
-from ssl_rs.config import load_config
+from ssl_rs.config import load_config, packaged_config_dir
 from ssl_rs.errors import ConfigError
 from ssl_rs.train import pretrain  # imports Lightning (and its log handlers) outside any captured output
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "zoo_configs" / "synthetic" / "mocov2.yaml"
+CONFIG = packaged_config_dir() / "synthetic" / "mocov2.yaml"
 
 
 def overrides(world, out, *extra):
@@ -71,6 +71,7 @@ def finish(proc: subprocess.Popen, timeout: float = 120):
 
 
 # ----------------------------------------------------------------------------- 1. interruption
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code, group", [
     (signal.SIGTERM, 143, True),  # a scheduler's notice to every process, DataLoader workers included
     (signal.SIGINT, 130, False),  # Ctrl-C (the SIGTERM of the main process alone: the lock test)
@@ -107,6 +108,7 @@ def test_signal_exits_non_zero_with_a_resumable_last_checkpoint(tiny_world, tmp_
     assert result["epochs"] == target and result["steps"] == 2 * target  # 84 training samples, batch 32
 
 
+@pytest.mark.slow
 def test_sigterm_to_every_ddp_process_stops_them_together(tiny_world, tmp_path):
     """Two CPU processes (gloo): the scheduler's SIGTERM reaches both; they agree on the step to stop
     at (no collective in a signal handler), rank 0 saves last.ckpt, both end with 143."""
@@ -194,6 +196,7 @@ def test_overwrite_replaces_the_old_run_once_the_new_one_has_a_checkpoint(tiny_w
 
 
 # ----------------------------------------------------------------------------- 3. one owner
+@pytest.mark.slow
 def test_second_pretrain_into_a_running_run_directory_is_refused(tiny_world, tmp_path, capsys):
     run = tmp_path / "run"
     first = start(tiny_world, tmp_path, "trainer.max_epochs=100000")
@@ -217,7 +220,7 @@ def test_second_pretrain_into_a_running_run_directory_is_refused(tiny_world, tmp
 def test_rank_variables_single_out_global_rank_zero_for_the_early_checks(monkeypatch):
     """Before Lightning sets the ranks up, only rank 0 probes the lock (the others would find it
     taken); the lock itself is taken by ``trainer.is_global_zero`` (the DDP tests)."""
-    from ssl_rs.train import _is_rank_zero
+    from ssl_rs.run_directory import is_rank_zero as _is_rank_zero
 
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
@@ -253,7 +256,7 @@ def test_validate_runs_before_the_run_directory_is_touched(tiny_world, tmp_path)
 
 
 def test_run_directory_lock_names_its_owner_and_is_removed_on_release(tmp_path):
-    from ssl_rs.train import RunDirectory
+    from ssl_rs.run_directory import RunDirectory
 
     run = tmp_path / "runs" / "run"
     owner = RunDirectory(run).acquire()
@@ -268,7 +271,7 @@ def test_run_directory_lock_names_its_owner_and_is_removed_on_release(tmp_path):
 
 
 def test_a_replacement_killed_before_its_first_checkpoint_is_undone_by_the_next_owner(tmp_path):
-    from ssl_rs.train import RunDirectory
+    from ssl_rs.run_directory import RunDirectory
 
     run = tmp_path / "run"
     (run / ".previous" / "checkpoints").mkdir(parents=True)

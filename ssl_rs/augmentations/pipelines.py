@@ -76,11 +76,19 @@ class ViewPipeline(nn.Module):
             ``fork_rng`` governs it); an int makes call number ``i`` of this pipeline draw from
             a stream seeded by ``(seed, i)``, inside ``torch.random.fork_rng`` so the global RNG
             state is left as it was.
+        random_crops: whether the views are random crops (a method that crops itself, to know
+            each input's footprint, refuses such a pipeline).
+        colour_ops: whether a view changes intensities band by band (jitter, blur, grayscale);
+            a pipeline without them is purely geometric, so it may transform a stack of images
+            (two dates along the bands) in one draw.
 
     Attributes:
         n_views: number of views returned.
         sizes: output size of each view.
         calls: number of calls so far (the position in the seeded stream; set it to replay).
+
+    What methods may use: ``pipeline(images)``, :meth:`view`, :meth:`normalized`,
+    :meth:`transform`, ``sizes``, ``n_views``, ``random_crops`` and ``colour_ops``.
     """
 
     def __init__(
@@ -91,6 +99,9 @@ class ViewPipeline(nn.Module):
         views: Sequence[nn.Module],
         sizes: Sequence[int],
         seed: Optional[int] = None,
+        *,
+        random_crops: bool = True,
+        colour_ops: bool = True,
     ):
         super().__init__()
         if len(views) == 0 or len(views) != len(sizes):
@@ -112,6 +123,8 @@ class ViewPipeline(nn.Module):
         self.n_views = len(self.sizes)
         self.seed = None if seed is None else int(seed)
         self.calls = 0
+        self.random_crops = bool(random_crops)
+        self.colour_ops = bool(colour_ops)
 
     @property
     def bands(self) -> int:
@@ -124,7 +137,16 @@ class ViewPipeline(nn.Module):
     def view(self, images: Tensor, index: int) -> Tensor:
         """Only view ``index`` (e.g. the second view made from a temporal positive), from the
         current RNG state."""
-        return self.transforms[self._plan[index]](self.normalize(images))
+        return self.transform(self.normalized(images), index)
+
+    def normalized(self, images: Tensor) -> Tensor:
+        """``images`` (any dtype) as float32, normalised band by band; no random operation."""
+        return self.normalize(images)
+
+    def transform(self, normalized: Tensor, index: int) -> Tensor:
+        """View ``index``'s transform applied to already normalised images, one draw per sample
+        from the current RNG state (a stack of dates along the bands is transformed alike)."""
+        return self.transforms[self._plan[index]](normalized)
 
     def forward(self, images: Tensor) -> List[Tensor]:
         if self.seed is None:
@@ -142,7 +164,8 @@ class ViewPipeline(nn.Module):
             return self._views(images)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, n_views={self.n_views}, sizes={self.sizes}, seed={self.seed}"
+        return (f"name={self.name!r}, n_views={self.n_views}, sizes={self.sizes}, seed={self.seed}, "
+                f"random_crops={self.random_crops}, colour_ops={self.colour_ops}")
 
 
 class Preprocess(nn.Module):

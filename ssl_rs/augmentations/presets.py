@@ -90,7 +90,7 @@ def geometric(
     check_size(owner, size)
     check_count(owner, "n_views", n_views, 1)
     view = ImageSequential(*geometric_ops(owner, size, scale, ratio))
-    return ViewPipeline("geometric", mean, std, [view] * n_views, [size] * n_views, seed=seed)
+    return ViewPipeline("geometric", mean, std, [view] * n_views, [size] * n_views, seed=seed, colour_ops=False)
 
 
 @AUGMENTATIONS.register("standard", summary="geometric + brightness/contrast jitter, blur, band-mean grayscale")
@@ -180,7 +180,7 @@ def multicrop(
         local_view = view(local_size, local_scale, "local_scale")
         views += [local_view] * n_local
         sizes += [local_size] * n_local
-    return ViewPipeline("multicrop", mean, std, views, sizes, seed=seed)
+    return ViewPipeline("multicrop", mean, std, views, sizes, seed=seed, colour_ops=colour)
 
 
 @AUGMENTATIONS.register("eval", summary="deterministic: normalise, centre crop (optional) and resize; one view")
@@ -202,4 +202,5 @@ def eval_views(
         view = CenterCropResize(size, crop_fraction)
     except ConfigError as err:
         raise ConfigError(f"{owner}: {err}") from None
-    return ViewPipeline("eval", mean, std, [view] * n_views, [size] * n_views, seed=seed)
+    return ViewPipeline("eval", mean, std, [view] * n_views, [size] * n_views, seed=seed,
+                        random_crops=False, colour_ops=False)

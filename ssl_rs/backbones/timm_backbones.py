@@ -7,7 +7,7 @@ Every backbone follows one contract: ``forward(x) -> (B, D)`` pooled features an
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, Optional
 
 import timm
 import torch
@@ -18,14 +18,22 @@ from ..registry import BACKBONES
 
 
 class Backbone(nn.Module):
-    """A feature extractor with ``num_features`` and ``in_chans``; wraps a timm model."""
+    """A feature extractor with ``num_features`` and ``in_chans``; wraps a timm model.
 
-    def __init__(self, model: nn.Module, in_chans: int, num_features: int, name: str):
+    ``timm_model`` / ``timm_kwargs``: when ``model`` is a timm model, the architecture name and
+    the keyword arguments that rebuild it, ``timm.create_model(timm_model, in_chans=in_chans,
+    num_classes=0, **timm_kwargs)`` (an export records them, so its weights load into plain timm).
+    """
+
+    def __init__(self, model: nn.Module, in_chans: int, num_features: int, name: str,
+                 timm_model: Optional[str] = None, timm_kwargs: Optional[Dict[str, Any]] = None):
         super().__init__()
         self.model = model
         self.in_chans = in_chans
         self.num_features = num_features
         self.name = name
+        self.timm_model = timm_model
+        self.timm_kwargs = dict(timm_kwargs or {})
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
@@ -44,7 +52,7 @@ def _check_in_chans(in_chans: int) -> int:
 def _timm(name: str, timm_name: str, in_chans: int, **kwargs: Any) -> Backbone:
     # num_classes=0 removes the classifier and keeps the pooling, giving (B, D) features.
     model = timm.create_model(timm_name, pretrained=False, in_chans=_check_in_chans(in_chans), num_classes=0, **kwargs)
-    return Backbone(model, in_chans, model.num_features, name)
+    return Backbone(model, in_chans, model.num_features, name, timm_model=timm_name, timm_kwargs=kwargs)
 
 
 @BACKBONES.register("resnet18")

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import numpy as np
 
 from ..errors import ConfigError
+from ..text import markdown_table
 from .runner import failed_cells, finished_rows, read_results
 from .suite import AXES, Study, load_suite
 
@@ -106,7 +107,7 @@ def study_table(rows: List[Dict[str, str]], study: Study, metric: str, link_pref
         means = [_mean_std(g["cols"][col])[0] for g in groups.values() if col in g["cols"]]
         best[col] = max(means) if means else None
     header = key_axes + [f"{column_label(c, several)} {column_metric(rows, c, metric)}" for c in cols] + ["pretrain s", "seeds", "TensorBoard"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    table = []
     for key, g in groups.items():
         cells = []
         for axis, value in zip(key_axes, key):
@@ -123,8 +124,9 @@ def study_table(rows: List[Dict[str, str]], study: Study, metric: str, link_pref
         cells.append(_fmt(list(g["train"].values())).split(" ±")[0])
         cells.append(str(len(g["runs"])))
         cells.append(" ".join(f"[s{seed}]({link_prefix}{run}/tb)" for seed, run in g["runs"].values()))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines), key_axes
+        table.append(dict(zip(header, cells)))
+    # unaligned: the cells hold TensorBoard links, the table is for a Markdown renderer
+    return markdown_table(table, header, align=False), key_axes
 
 
 # ----------------------------------------------------------------------------- plots

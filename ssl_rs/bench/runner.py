@@ -16,17 +16,14 @@ Output directory::
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import logging
 import os
 import shutil
 import sys
 import time
 import traceback
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
@@ -35,6 +32,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..files import copy_file, write_text
+from ..run_directory import run_dir_of
+from ..trainer import quiet_lightning
 from .suite import Cell, DataSpec, Suite, load_suite, short_hash
 
 KEY_COLUMNS = ["suite", "cell_id", "cell", "method", "regularizer", "augmentation", "subset", "n_train",
@@ -193,7 +192,7 @@ def write_subset_split(path: Path, base: Optional[str], value: float, seed: int)
 # ----------------------------------------------------------------------------- cells
 def resolve_cell(suite: Suite, cell: Cell, out: Path, data_path: Path) -> Any:
     """The cell's full validated config (and its id, stored on the cell)."""
-    from ..config import load_config, to_dict
+    from ..config import load_config, to_dict, validate
 
     overrides = cell.overrides + [f"data.path={data_path}", f"output.dir={out / 'runs'}", "output.overwrite=true",
                                   "trainer.progress_bar=false"]
@@ -207,7 +206,10 @@ def resolve_cell(suite: Suite, cell: Cell, out: Path, data_path: Path) -> Any:
             setattr(cfg.geo, key, value)
         if dict(geo).get("name") is None:
             cfg.geo.args = {}
-    _check_cell_args(cfg, f"{suite.path}: cell {cell.index} ({cell.label})")
+    try:  # what pretrain checks first, now: a typo fails the whole suite before the first hour, not in cell 7
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{suite.path}: cell {cell.index} ({cell.label}): {e}") from None
     cell.base_scheme = cfg.data.scheme
     if cell.subset is not None:
         cfg.data.scheme = subset_scheme_name(cfg.data.scheme, cell.subset, suite.subset_seed)
@@ -224,24 +226,6 @@ def resolve_cell(suite: Suite, cell: Cell, out: Path, data_path: Path) -> Any:
     cell.id = short_hash({"config": identity, "eval": evaluation})
     cfg.output.name = cell.run_name
     return cfg
-
-
-def _check_cell_args(cfg: Any, where: str) -> None:
-    """Check method / backbone / regularizer args against their factories now, as ``build``
-    will, so a typo fails the whole suite before the first hour of training, not in cell 7."""
-    from ..config import check_args
-    from ..registry import BACKBONES, METHODS, REGULARIZERS
-    from ..train import _import_registries
-
-    _import_registries()
-    try:
-        check_args("method", cfg.method.name, METHODS.get(cfg.method.name).factory.__init__, dict(cfg.method.args))
-        check_args("backbone", cfg.backbone.name, BACKBONES.get(cfg.backbone.name).factory,
-                   dict(cfg.backbone.args), reserved=("in_chans",))
-        if cfg.geo.name:
-            check_args("geo", cfg.geo.name, REGULARIZERS.get(cfg.geo.name).factory, dict(cfg.geo.args))
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
 
 
 def plan(suite: Suite, out: Path) -> Tuple[List[Cell], Dict[int, Any]]:
@@ -275,39 +259,21 @@ def _cell_row_base(suite: Suite, cell: Cell, cfg: Any, n_train: int, image_size:
     }
 
 
-@contextlib.contextmanager
-def _quiet_lightning():
-    """The runner prints one progress line per cell; Lightning's per-run chatter (devices, "fit
-    stopped", no val loader when online k-NN is off) would bury it. Warnings and errors still show."""
-    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-               if name.startswith("lightning")] + [logging.getLogger("lightning.pytorch")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*val_dataloader.*")
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str, Path]) -> List[Dict[str, Any]]:
     """Pretrain one cell from scratch, evaluate its last checkpoint, return its result rows."""
     from ..data.dataset import GeoDataset
     from ..evaluation.harness import evaluate
-    from ..train import load_backbone_from_checkpoint, pretrain, run_dir_of
+    from ..checkpoint import load_encoder
+    from ..train import pretrain
 
     run_dir = run_dir_of(cfg)
     if run_dir.exists():  # a killed cell's partial run: start it again cleanly
         shutil.rmtree(run_dir)
     train_ds = GeoDataset(cfg.data.path, split="train", scheme=cfg.data.scheme)
     image_size = int(cfg.augmentation.size or train_ds.size[0])
-    with _quiet_lightning():
+    with quiet_lightning():  # the runner prints one progress line per cell; the chatter would bury it
         result = pretrain(cfg, evaluate_after=False)
-    backbone, ckpt_cfg = load_backbone_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    backbone, ckpt_cfg = load_encoder(run_dir / "checkpoints" / "last.ckpt")
     base = _cell_row_base(suite, cell, cfg, len(train_ds), image_size)
     rows = []
     evaluations = {}
@@ -341,8 +307,6 @@ def failure_reason(error: BaseException, limit: int = 300) -> str:
 
 
 def _failed_row(suite: Suite, cell: Cell, cfg: Any, out: Path, reason: str, seconds: float) -> Dict[str, Any]:
-    from ..train import run_dir_of
-
     base = _cell_row_base(suite, cell, cfg, "", cfg.augmentation.size or "")
     return {**base, "eval_data": "", "scheme": "", "protocol": "", "cell_seconds": f"{seconds:.2f}",
             "run_dir": os.path.relpath(run_dir_of(cfg), out),
@@ -352,8 +316,6 @@ def _failed_row(suite: Suite, cell: Cell, cfg: Any, out: Path, reason: str, seco
 
 def _save_traceback(cfg: Any, error: BaseException) -> Optional[Path]:
     """The failed cell's traceback beside its run (best effort: the reason is in results.csv anyway)."""
-    from ..train import run_dir_of
-
     path = run_dir_of(cfg) / "bench_error.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Benchmark suites: a YAML matrix of pretraining runs, validated and expanded into cells.
 
-A suite names one pretraining dataset, the split schemes to add to it, a base zoo config with
+A suite names one pretraining dataset, the split schemes to add to it, a base config (a path or a
+packaged name such as ``synthetic/mocov2``, see :func:`ssl_rs.config.resolve_config`) with
 overrides, and a ``matrix`` of axes (method x regularizer x augmentation x subset x image size
 x seed). Every combination is a :class:`Cell` whose id is a hash of its resolved config, so a
 rerun recognises the cells it has already finished. See ``docs/benchmarks_runner.md``.
@@ -8,7 +9,6 @@ rerun recognises the cells it has already finished. See ``docs/benchmarks_runner
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -18,7 +18,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from ..config import resolve_config
 from ..errors import ConfigError
+from ..text import did_you_mean
 
 REPO = Path(__file__).resolve().parents[2]
 AXES = ("method", "regularizer", "augmentation", "subset", "image_size", "seed")
@@ -37,8 +39,8 @@ RUNNER_OWNED = ("output.dir", "output.name", "output.overwrite", "data.path")
 
 
 def _suggest(name: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    # suite keys and values are short: a looser match than the default still helps
+    return did_you_mean(name, candidates, cutoff=0.5)
 
 
 def _check_keys(where: str, mapping: Any, allowed: Sequence[str]) -> Dict[str, Any]:
@@ -227,10 +229,15 @@ def _method_values(where: str, raw: Any, zoo_dir: Path) -> List[AxisValue]:
             name, config, overrides = entry, None, []
         if not isinstance(name, str):
             raise ConfigError(f"{where}[{i}]: expected a zoo config name or {{name, config, overrides}}")
-        path = _resolve(REPO, config) if config else zoo_dir / f"{name}.yaml"
+        if config:  # a path or a packaged name, as base_config
+            try:
+                path = resolve_config(str(config))
+            except ConfigError as e:
+                raise ConfigError(f"{where}[{i}].config: {e}") from None
+        else:
+            path = zoo_dir / f"{name}.yaml"
         if not path.is_file():
-            hint = _suggest(name, known) if not config else ""
-            raise ConfigError(f"{where}[{i}]: unknown method {name!r}{hint} (no {path})")
+            raise ConfigError(f"{where}[{i}]: unknown method {name!r}{_suggest(name, known)} (no {path})")
         out.append(AxisValue("method", name, str(path), tuple(_check_overrides(f"{where}[{i}]", overrides))))
     return out
 
@@ -245,10 +252,8 @@ def _check_overrides(where: str, overrides: Any) -> List[str]:
 
 
 def _regularizer_values(where: str, raw: Any) -> List[AxisValue]:
-    from ..train import _import_registries
     from ..registry import REGULARIZERS
 
-    _import_registries()
     out = []
     for i, entry in enumerate(raw):
         if entry is None or entry == "none":
@@ -271,10 +276,8 @@ def _regularizer_values(where: str, raw: Any) -> List[AxisValue]:
 
 
 def _augmentation_values(where: str, raw: Any) -> List[AxisValue]:
-    from ..train import _import_registries
     from ..registry import AUGMENTATIONS
 
-    _import_registries()
     out = []
     for i, entry in enumerate(raw):
         if isinstance(entry, str):
@@ -323,10 +326,11 @@ def load_suite(path: str | Path) -> Suite:
         raise ConfigError(f"{where}: data: no pretraining dataset (give data.synth, data.path or data.convert)")
     data = _parse_data(f"{where}: data", raw["data"], REPO, raw.get("splits"), f"{where}: splits")
     if "base_config" not in raw:
-        raise ConfigError(f"{where}: base_config: missing (a zoo config, e.g. zoo_configs/synthetic/mocov2.yaml)")
-    base_config = _resolve(REPO, raw["base_config"])
-    if not base_config.is_file():
-        raise ConfigError(f"{where}: base_config: {base_config} not found")
+        raise ConfigError(f"{where}: base_config: missing (a config path or packaged name, e.g. synthetic/mocov2)")
+    try:
+        base_config = resolve_config(str(raw["base_config"]))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: base_config: {e}") from None
     overrides = _check_overrides(f"{where}: overrides", list(raw.get("overrides") or []))
 
     matrix_raw = _check_keys(f"{where}: matrix", raw.get("matrix") or {}, AXES)

@@ -2,8 +2,10 @@
 
 Each item is a dict: ``image`` (C, H, W) uint16 tensor, ``lat``, ``lon`` (float64, degrees),
 ``index`` (position in the file), plus ``label`` (int64) or ``labels`` (float32 multi-hot),
-``group`` (int64) and ``time`` (ISO string) when the file has them. The raw uint16 image is
-kept on purpose: augmentation and normalisation run later, batch-wise, on the device.
+``group`` (int64) and ``time`` (ISO string) when the file has them: every column of
+:data:`ssl_rs.data.columns.COLUMNS` with a ``sample_key``, converted by its ``to_sample``. The
+raw uint16 image is kept on purpose: augmentation and normalisation run later, batch-wise, on
+the device.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .bands import band_indices
-from .layout import SPLIT_CODES, _check_open, attr_list, open_h5, read_split
+from .columns import COLUMNS, IMAGES, SPLIT_CODES
+from .reader import attr_list, check_open, open_h5, read_split
 
-PER_SAMPLE_KEYS = ("label", "labels", "group", "time")
+#: the columns that items carry besides the image, in the table's order
+ITEM_COLUMNS = tuple(c for c in COLUMNS if c.sample_key is not None and c is not IMAGES)
+#: the optional ones, the keys an item has only when the file has the column
+PER_SAMPLE_KEYS = tuple(c.sample_key for c in ITEM_COLUMNS if not c.required)
 
 
 class GeoDataset(Dataset):
@@ -45,7 +51,7 @@ class GeoDataset(Dataset):
     ):
         self.path = Path(path)
         with open_h5(self.path) as f:
-            _check_open(f, self.path)
+            check_open(f, self.path)
             self.file_bands: List[str] = attr_list(f, "bands") or []
             self.class_names: List[str] = attr_list(f, "class_names") or []
             n, _, h, w = f["images"].shape
@@ -53,10 +59,14 @@ class GeoDataset(Dataset):
             self.gsd = float(f.attrs["gsd"]) if "gsd" in f.attrs else None
             mean = np.asarray(f.attrs.get("band_mean", np.zeros(len(self.file_bands))), np.float64)
             std = np.asarray(f.attrs.get("band_std", np.ones(len(self.file_bands))), np.float64)
-            self.lat_all = f["lat"][:]
-            self.lon_all = f["lon"][:]
-            self.present = [k for k in PER_SAMPLE_KEYS if k in f]
-            self.group_all = f["group"][:] if "group" in f else None
+            self._columns = [c for c in ITEM_COLUMNS if c.name in f]
+            # numbers are held in memory (small, and read for every item); strings are read per
+            # item, so that workers do not each hold a copy of a large object array
+            self._in_memory = {c.name: f[c.name][:] for c in self._columns if not c.is_string}
+            self.lat_all = self._in_memory["lat"]
+            self.lon_all = self._in_memory["lon"]
+            self.present = [c.sample_key for c in self._columns if not c.required]
+            self.group_all = self._in_memory.get("group")
             self.split_scheme = None
             selected = np.arange(n)
             if split is not None:
@@ -67,7 +77,7 @@ class GeoDataset(Dataset):
                 selected = np.flatnonzero(codes == SPLIT_CODES.index(split))
                 if len(selected) == 0:
                     raise DataError(f"{self.path}: splits/{self.split_scheme}: no samples in split {split!r}")
-            self._labels_all = f["label"][:] if "label" in f else (f["labels"][:] if "labels" in f else None)
+            self._labels_all = self._in_memory.get("label", self._in_memory.get("labels"))
         if indices is not None:
             selected = selected[np.asarray(indices, dtype=np.int64)]
         self.indices = selected
@@ -105,31 +115,22 @@ class GeoDataset(Dataset):
     def __getitem__(self, i: int) -> Dict[str, Any]:
         index = int(self.indices[i])
         f = self._handle()
-        image = f["images"][index]
+        image = f[IMAGES.name][index]
         if self.band_index is not None:
             image = image[self.band_index]
-        item: Dict[str, Any] = {
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "lat": torch.tensor(self.lat_all[index], dtype=torch.float64),
-            "lon": torch.tensor(self.lon_all[index], dtype=torch.float64),
-            "index": torch.tensor(index, dtype=torch.int64),
-        }
-        if "label" in self.present:
-            item["label"] = torch.tensor(int(self._labels_all[index]), dtype=torch.int64)
-        if "labels" in self.present:
-            item["labels"] = torch.from_numpy(self._labels_all[index].astype(np.float32))
-        if self.group_all is not None:
-            item["group"] = torch.tensor(int(self.group_all[index]), dtype=torch.int64)
-        if "time" in self.present:
-            t = f["time"][index]
-            item["time"] = t.decode() if isinstance(t, bytes) else str(t)
+        item: Dict[str, Any] = {IMAGES.sample_key: IMAGES.to_sample(image)}
+        for column in self._columns:
+            values = self._in_memory.get(column.name)
+            row = values[index] if values is not None else f[column.name][index]
+            item[column.sample_key] = column.to_sample(row)
+        item["index"] = torch.tensor(index, dtype=torch.int64)
         return item
 
     # -- metadata used by models, regularizers and samplers -----------------------------
     @property
     def keys(self) -> set:
         """Batch keys this dataset provides (checked against a regularizer's ``needs``)."""
-        return {"image", "lat", "lon", "index", *self.present}
+        return {IMAGES.sample_key, "index", *(c.sample_key for c in self._columns)}
 
     @property
     def in_chans(self) -> int:

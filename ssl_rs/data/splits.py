@@ -19,7 +19,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..geodesy import EARTH_RADIUS_KM
-from .layout import SPLIT_CODES, _check_open, open_h5, write_split
+from .columns import SPLIT_CODES
+from .reader import check_open, open_h5
+from .writer import write_split
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def add_split(
     (a scheme of that name is replaced, and the log says so)."""
     _check_arguments(scheme, fractions, block_km)
     with open_h5(path, "r+") as f:
-        _check_open(f, Path(path))
+        check_open(f, Path(path))
         return store_split(f, path, scheme, name=name, fractions=fractions, seed=seed, block_km=block_km,
                            make_default=make_default)
 
@@ -144,7 +146,7 @@ def store_split(
     make_default: bool = False,
 ) -> Dict[str, int]:
     """:func:`add_split` on a file that is already open for writing (``path`` names it in messages),
-    e.g. one :class:`~ssl_rs.data.layout.H5Writer` is about to commit."""
+    e.g. one :class:`~ssl_rs.data.writer.H5Writer` is about to commit."""
     _check_arguments(scheme, fractions, block_km)
     lat, lon = f["lat"][:], f["lon"][:]
     groups = f["group"][:] if "group" in f else None

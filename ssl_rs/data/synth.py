@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..files import check_output
-from ..geodesy import EARTH_RADIUS_KM
+from ..geodesy import EARTH_RADIUS_KM, unit_vectors
 from .bands import S2_BANDS, S2_BANDS_L2A, normalize_band_name
-from .layout import STATS_MAX_PIXELS, STATS_SAMPLE_PIXELS, H5Writer
+from .writer import STATS_MAX_PIXELS, STATS_SAMPLE_PIXELS, H5Writer
 
 # Reflectance (0..1) of archetypal materials in S2_BANDS order
 # (B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12), after typical library spectra.
@@ -55,11 +55,6 @@ HAZE = [1.0, 0.9, 0.7, 0.5, 0.4, 0.32, 0.27, 0.22, 0.21, 0.15, 0.0, 0.05, 0.03]
 TEXTURES = ("stripes", "blobs", "grid", "speckle")
 CHUNK = 256  # samples (tiles) rendered at once; bounds memory for large n
 GSD = 10.0  # metres per pixel
-
-
-def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    la, lo = np.radians(lat), np.radians(lon)
-    return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
 
 
 def _random_sphere(rng: np.random.Generator, n: int, lat_range=(-50.0, 65.0)):
@@ -90,11 +85,11 @@ def sample_locations(rng: np.random.Generator, n: int):
 
 def class_field(rng: np.random.Generator, num_classes: int, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """Land-cover class per place from smooth per-class fields on the sphere (argmax)."""
-    p = _unit_vectors(lat, lon)
+    p = unit_vectors(lat, lon)
     score = np.zeros((len(lat), num_classes))
     for kappa, bumps, weight in ((30.0, 5, 1.0), (1500.0, 40, 0.8)):  # ~10 deg and ~150 km scales
         b_lat, b_lon = _random_sphere(rng, num_classes * bumps, (-60.0, 75.0))
-        centres = _unit_vectors(b_lat, b_lon).reshape(num_classes, bumps, 3)
+        centres = unit_vectors(b_lat, b_lon).reshape(num_classes, bumps, 3)
         cos = np.einsum("nd,kbd->nkb", p, centres)
         score += weight * np.exp(kappa * (cos - 1.0)).sum(axis=-1)
     score += rng.normal(0, 0.05, score.shape)  # small per-place variation breaks exact ties

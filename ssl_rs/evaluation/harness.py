@@ -105,13 +105,14 @@ def check_backbone_args(name: str, args: Any, option: str = "backbone_args") -> 
 
 
 def load_checkpoint_backbone(path: Union[str, os.PathLike]) -> Tuple[nn.Module, Dict[str, Any]]:
-    """:func:`ssl_rs.train.load_backbone_from_checkpoint` (tensors only, ``weights_only=True``),
-    with a checkpoint whose config does not fit its weights (another backbone, other arguments,
-    a missing key) reported as one line instead of a traceback."""
-    from ..train import CHECKPOINT_CONFIG_KEY, load_backbone_from_checkpoint
+    """:func:`ssl_rs.checkpoint.load_encoder` (tensors only, ``weights_only=True``), with a
+    checkpoint whose config does not fit its weights (another backbone, other arguments, a
+    missing key) reported as one line instead of a traceback."""
+    from ..checkpoint import CONFIG_KEY as CHECKPOINT_CONFIG_KEY
+    from ..checkpoint import load_encoder
 
     try:
-        return load_backbone_from_checkpoint(path)
+        return load_encoder(path)
     except SslRsError:
         raise
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:

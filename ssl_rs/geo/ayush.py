@@ -16,15 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..geodesy import unit_vectors_torch
 from ..registry import REGULARIZERS
 from .base import GeoRegularizer
 from .clusters import load_or_fit_clusters
-
-
-def unit_vectors_torch(lat: Tensor, lon: Tensor) -> Tensor:
-    """(B, 3) points on the unit sphere; lat/lon in degrees, computed in their dtype."""
-    la, lo = torch.deg2rad(lat), torch.deg2rad(lon)
-    return torch.stack([torch.cos(la) * torch.cos(lo), torch.cos(la) * torch.sin(lo), torch.sin(la)], dim=-1)
 
 
 @REGULARIZERS.register("ayush", summary="Ayush et al. geo-classification: cross-entropy on k-means geo-clusters")

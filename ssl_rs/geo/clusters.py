@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..geodesy import unit_vectors
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,6 @@ log = logging.getLogger(__name__)
 #: guard against a poor initialisation cost little
 KMEANS_N_INIT = 4
 CACHE_FORMAT = 1
-
-
-def unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """(N, 3) float64 points on the unit sphere for latitudes and longitudes in degrees."""
-    la, lo = np.radians(np.asarray(lat, np.float64)), np.radians(np.asarray(lon, np.float64))
-    return np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=-1)
 
 
 def assign_clusters(units: np.ndarray, centroids: np.ndarray) -> np.ndarray:

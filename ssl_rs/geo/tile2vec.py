@@ -9,7 +9,7 @@ there, their example notebook uses ``margin=10, l2=0.01``).
 Here the neighbour and the distant sample are other samples of the same batch, chosen at
 random by great-circle distance: a neighbour within ``neighbor_km``, a distant sample beyond
 ``distant_km``. Random batches rarely contain neighbours; use
-:class:`ssl_rs.geo.samplers.GeoNeighborBatchSampler` (``data.sampler: geo_neighbors``) so
+:class:`ssl_rs.data.samplers.GeoNeighborBatchSampler` (``data.sampler: geo_neighbors``) so
 that every anchor brings one. Samples at the same place (other dates) count as neighbours.
 """
 

@@ -1,12 +1,9 @@
-"""Method registry: one file per method, registered by name in ``ssl_rs.registry.METHODS``."""
+"""Methods: one file per method, registered by name in ``ssl_rs.registry.METHODS``.
 
-from . import byol, dino, mocov2, simclr, simsiam  # noqa: F401  (registration)
-from . import mae  # noqa: F401  (MIM baseline)
-from . import csp  # noqa: F401  (location contrastive)
-from . import scalemae  # noqa: F401  (MIM baseline)
-from . import satmae  # noqa: F401  (MIM baseline)
-from . import crossscalemae  # noqa: F401  (MIM baseline)
-from . import neighbormae  # noqa: F401  (MIM on neighbouring pairs)
+No module is imported here to register it: ``METHODS`` imports every module of this package the
+first time it is asked for a name, so a new method is one file here plus its YAML config.
+"""
+
 from .base import BaseMethod, BaseMomentumMethod, momentum_schedule
 from .recipe import OptimRecipe, warmup_cosine
 

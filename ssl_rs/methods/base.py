@@ -13,10 +13,30 @@ schedules and gradient clipping of the method's :class:`~ssl_rs.methods.recipe.O
 k-NN monitoring. :class:`BaseMomentumMethod` adds EMA targets declared in ``momentum_pairs``
 with a cosine schedule of the momentum from ``base_tau`` to ``final_tau`` over the whole run.
 
+What a method needs from the data and the augmentations is declared, not looked up:
+
+- ``n_views``: how many views the pipeline makes (``train.build`` builds the pipeline with it);
+  the views' sizes are the pipeline's ``sizes``.
+- ``batch_keys``: the batch entries it reads besides ``image`` (``lat``/``lon``, ``group``,
+  ``image_positive`` (another date, ``data.temporal_positives``), ``image_neighbor``
+  (``data.neighbor_pairs``)); a regularizer adds its own ``needs``.
+- ``makes_own_crops``: it crops inside ``ssl_loss`` (to know each input's footprint), so the
+  pipeline must not crop randomly; ``needs_geometric_views``: its pipeline must not change
+  intensities (it transforms a stack of dates in one draw).
+- :meth:`setup_data` receives the training dataset (band names, GSD, size) once, before the first
+  step and before the optimiser exists; nothing is set on a method from outside afterwards.
+
+``train.build`` checks all of it in one place (:meth:`check_contract`) before training starts.
+
 Which embedding the regularizer sees is a per-method choice: a method lists the ones it offers
 in ``geo_embeddings`` (the first is its default, the GeoRank authors' choice) and ``ssl_loss``
 returns ``self.geo_input(name=tensor, ...)``. An entry may be a tuple of tensors, whose
 regularizer losses are averaged (the GeoRank authors' DINO scores teacher and student outputs).
+
+What a checkpoint holds and how the encoder is taken out of it is :mod:`ssl_rs.checkpoint`'s;
+a method only names its evaluated encoder (:meth:`evaluated_backbone`,
+:meth:`checkpoint_backbone_prefix`) and, when that is not the plain backbone, how to rebuild it
+(:meth:`inference_encoder`).
 
 Randomness in a training step (augmentations, random choices of regularizers) is drawn from a
 generator seeded by ``(seed, global_step, rank)``, so an interrupted and resumed run sees the
@@ -25,7 +45,7 @@ same views as an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -34,6 +54,12 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..geo.base import GeoRegularizer
 from .recipe import OptimRecipe, cosine_value, warmup_cosine
+
+#: how a run provides a batch key that the data files do not store
+BATCH_KEY_SOURCES = {
+    "image_positive": "set data.temporal_positives=true (another date of each place; the data needs 'group' ids)",
+    "image_neighbor": "set data.neighbor_pairs=true (a neighbouring sample of each place)",
+}
 
 
 class BaseMethod(L.LightningModule):
@@ -53,6 +79,12 @@ class BaseMethod(L.LightningModule):
 
     #: number of views the method consumes (multi-crop methods override)
     n_views: int = 2
+    #: batch entries read besides ``image`` (instances may add to it in ``__init__``)
+    batch_keys: FrozenSet[str] = frozenset()
+    #: the method draws its own crops: the pipeline must not crop randomly
+    makes_own_crops: bool = False
+    #: the pipeline must be purely geometric (no per-band intensity changes)
+    needs_geometric_views: bool = False
     #: the optimisation recipe of the method's paper / authors' code
     recipe: OptimRecipe = OptimRecipe()
     #: embeddings the regularizer may see; the first is the default
@@ -94,6 +126,31 @@ class BaseMethod(L.LightningModule):
     # -- what subclasses provide --------------------------------------------------------
     #: dimension of the ``z`` the regularizer sees; set by each subclass
     embed_dim: int
+
+    def setup_data(self, dataset) -> None:
+        """Hook called once by ``train.build`` with the training dataset (a ``GeoDataset``:
+        ``bands``, ``gsd``, ``size``, ``lat``/``lon``), after the contract check and before the
+        optimiser exists: modules that depend on the data (SatMAE's band groups) are built here.
+        (Not Lightning's ``setup(stage)``, which the Trainer calls again on every ``fit``.)"""
+
+    def check_contract(self, available: Iterable[str], source: str = "the dataset") -> None:
+        """What this method and its regularizer need against what the run provides (the batch
+        keys of the training data, the augmentation pipeline); one line naming what to set.
+        Called once, by ``train.build``, before training."""
+        pipeline = self.augmentation
+        name = type(self).__name__
+        if pipeline is not None and self.makes_own_crops and pipeline.random_crops:
+            raise ConfigError(f"method {name} makes its own crops (to know their footprint): use an augmentation "
+                              f"that does not crop, augmentation.name: eval, not {pipeline.name!r}")
+        if pipeline is not None and self.needs_geometric_views and pipeline.colour_ops:
+            raise ConfigError(f"method {name} transforms stacked dates in one draw and needs a purely geometric "
+                              f"augmentation ('geometric' or 'eval'), not {pipeline.name!r}")
+        available = set(available)
+        for key in sorted(set(self.batch_keys) - available):
+            hint = BATCH_KEY_SOURCES.get(key, f"which {source} does not provide")
+            raise ConfigError(f"{source}: method {name} needs {key!r}: {hint}")
+        if self.regularizer is not None:
+            self.regularizer.check_needs(available, source)
 
     def ssl_loss(self, views: List[Tensor], batch: Mapping[str, Any]) -> Tuple[Tensor, Any, Dict[str, Tensor]]:
         raise NotImplementedError
@@ -267,15 +324,12 @@ class BaseMethod(L.LightningModule):
         else:
             clip_each_parameter(self.parameters(), recipe.grad_clip)
 
-    # -- checkpoints carry what is needed to rebuild the backbone (plain types only, so they
-    # load with torch.load(weights_only=True)) --------------------------------------------
-    run_config: Optional[Dict[str, Any]] = None
-    data_bands: Optional[List[str]] = None
-
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["ssl_rs_config"] = self.run_config
-            checkpoint["ssl_rs_bands"] = list(self.data_bands or [])
+    @classmethod
+    def inference_encoder(cls, backbone: nn.Module, method_args: Mapping[str, Any], bands: Sequence[str]) -> nn.Module:
+        """The module whose state dict :meth:`evaluated_backbone` saves, rebuilt around a fresh
+        plain ``backbone`` for a run with these ``method.args`` on data with these ``bands``
+        (the backbone itself, unless the method wraps it: SatMAE's band-group encoder)."""
+        return backbone
 
     def on_train_epoch_start(self) -> None:
         # Lightning reaches set_epoch only through samplers; datasets with per-epoch choices
@@ -284,13 +338,6 @@ class BaseMethod(L.LightningModule):
         dataset = getattr(loader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
-
-    def on_fit_start(self) -> None:
-        if self.regularizer is not None and self.trainer.datamodule is None:
-            loader = self.trainer.train_dataloader
-            dataset = getattr(loader, "dataset", None) if loader is not None else None
-            if dataset is not None and hasattr(dataset, "keys"):
-                self.regularizer.check_needs(dataset.keys, str(getattr(dataset, "path", "the dataset")))
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import METHODS
-from .csp import image_location_info_nce
-from .scalemae import random_square_crops
+from .crops import random_square_crops
+from .losses import image_location_info_nce, masked_patch_mse
 from .vit_utils import (
     MaskedDecoder,
     ViTMethod,
@@ -25,11 +25,9 @@ from .vit_utils import (
     embed_tokens,
     embed_tokens_at_gsd,
     encode_visible,
-    masked_patch_mse,
     patch_size_of,
     pooled,
     random_patch_mask,
-    require_own_crops,
     set_frozen_gsd_encoding,
     sincos_pos_embed,
     timm_vit,
@@ -136,8 +134,9 @@ class CrossScaleMAE(ViTMethod):
         self.decoder_prediction_weight = float(decoder_prediction_weight)
         self.norm_pix_loss = norm_pix_loss
         self.gsd_encoding = bool(gsd_encoding)
+        # with the GSD encoding, crops made elsewhere would change the input's GSD unseen
+        self.makes_own_crops = self.gsd_encoding
         if self.gsd_encoding:
-            require_own_crops(self.augmentation, "crossscalemae")
             check_gsd_encodable(vit, "crossscalemae")
         self.decoder = MaskedDecoder(backbone.num_features, decoder_dim, decoder_depth, decoder_heads,
                                      num_prefix_tokens=vit.num_prefix_tokens)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..registry import METHODS
 from .base import BaseMethod
+from .losses import image_location_info_nce
 from .recipe import OptimRecipe
 from .location_encoders import (
     ACTIVATIONS,
@@ -26,35 +27,6 @@ from .location_encoders import (
 
 OBJECTIVES = ("infonce", "contsoftmax")
 RANDOM_LOCATION_SAMPLERS = ("sphere", "sphericalold")
-
-
-def image_location_info_nce(image: Tensor, location: Tensor, temperature: float,
-                            extra_locations: Optional[Tensor] = None, gather_distributed: bool = True) -> Tensor:
-    """Symmetric in-batch InfoNCE between paired image and location embeddings.
-
-    With cosine logits ``s_ij = <img_i, loc_j> / (|img_i| |loc_j| temperature)`` the loss is
-    ``(CE(s, I) + CE(s^T, I)) / 2``: each image must pick its own place among the batch's places,
-    and each place its own image. ``extra_locations`` (embeddings of random places) are further
-    negatives for the image -> location direction only. Under DDP (``gather_distributed``) the
-    batch is the global one: each process scores its own rows against the embeddings of every
-    process (lightly's differentiable ``gather``), so the mean of the processes' losses equals
-    the single-process loss on the whole batch (equal per-process batches, as ``drop_last`` gives).
-    """
-    from lightly.utils import dist
-
-    img = F.normalize(image.float(), dim=-1)
-    loc = F.normalize(location.float(), dim=-1)
-    all_img, all_loc, offset = img, loc, 0
-    if gather_distributed and dist.world_size() > 1:
-        all_img, all_loc = torch.cat(dist.gather(img)), torch.cat(dist.gather(loc))
-        offset = dist.rank() * img.shape[0]
-    labels = torch.arange(img.shape[0], device=img.device) + offset
-    image_to_location = img @ all_loc.T / temperature
-    location_to_image = loc @ all_img.T / temperature
-    if extra_locations is not None and extra_locations.numel():
-        extra = F.normalize(extra_locations.float(), dim=-1)
-        image_to_location = torch.cat([image_to_location, img @ extra.T / temperature], dim=1)
-    return 0.5 * (F.cross_entropy(image_to_location, labels) + F.cross_entropy(location_to_image, labels))
 
 
 def image_location_contsoftmax(image: Tensor, location: Tensor, temperature: float,
@@ -168,6 +140,7 @@ class CSP(BaseMethod):
     """
 
     n_views = 1
+    batch_keys = frozenset({"lat", "lon"})
     # the authors' (gengchenmai/csp): Adam lr 5e-4 (iNat2018), no weight decay, constant lr
     recipe = OptimRecipe(name="adamw", lr=5e-4, lr_scaling="none", weight_decay=0.0, schedule="constant")
     geo_embeddings = ("image",)
@@ -248,8 +221,6 @@ class CSP(BaseMethod):
         return self.location_encoder(lat, lon)
 
     def ssl_loss(self, views, batch) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-        if "lat" not in batch or "lon" not in batch:
-            raise ConfigError("method 'csp' needs lat and lon in every batch (the data file's lat/lon datasets)")
         z = self.encode_image(views[0])
         device = z.device
         lat, lon = batch["lat"].to(device), batch["lon"].to(device)
@@ -281,13 +252,12 @@ class CSP(BaseMethod):
 
 def load_location_encoder_from_checkpoint(path: str | os.PathLike) -> LocationEncoder:
     """Rebuild the pretrained location encoder of a CSP training checkpoint (eval mode)."""
-    from ..train import CHECKPOINT_CONFIG_KEY
+    from ..checkpoint import read_training_checkpoint
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = ckpt.get(CHECKPOINT_CONFIG_KEY) if isinstance(ckpt, dict) else None
-    if not cfg or cfg.get("method", {}).get("name") != "csp":
+    ckpt = read_training_checkpoint(path)
+    if ckpt.method != "csp":
         raise ConfigError(f"{path}: method: not a CSP training checkpoint")
-    args = dict(cfg["method"].get("args") or {})
+    args = ckpt.method_args
     defaults = CSP.__init__.__kwdefaults__
     get = lambda key: args.get(key, defaults[key])
     encoding = create_position_encoding(get("location_encoder"), get("num_scales"), get("min_radius"),
@@ -295,5 +265,5 @@ def load_location_encoder_from_checkpoint(path: str | os.PathLike) -> LocationEn
     encoder = LocationEncoder(encoding, get("embed_dim"), get("loc_hidden_dim"), get("loc_num_layers"),
                               get("loc_dropout"), get("loc_activation"), get("loc_mlp"))
     prefix = "location_encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
+    encoder.load_state_dict({k[len(prefix):]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)})
     return encoder.eval()

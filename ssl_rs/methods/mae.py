@@ -8,6 +8,7 @@ from lightly.models.utils import patchify
 from torch import Tensor, nn
 
 from ..registry import METHODS
+from .losses import masked_patch_mse
 from .vit_utils import (
     MaskedDecoder,
     ViTMethod,
@@ -15,7 +16,6 @@ from .vit_utils import (
     check_mask_ratio,
     embed_tokens,
     encode_visible,
-    masked_patch_mse,
     patch_size_of,
     pooled,
     random_patch_mask,

@@ -22,7 +22,6 @@ single full image (what the backbone sees downstream) is the box ``(0, 32, 32, 0
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -32,12 +31,13 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import METHODS
+from .crops import box_affine, crop_resize, sample_crop_boxes
+from .losses import patch_mean_std
 from .vit_utils import (
     MaskedDecoder,
     ViTMethod,
     check_image,
     check_mask_ratio,
-    patch_mean_std,
     patch_size_of,
     pooled,
     timm_vit,
@@ -49,32 +49,6 @@ PAIR = 2  # images per item: the anchor, then its neighbour
 
 
 # -- geometry ------------------------------------------------------------------------------
-def sample_crop_boxes(n: int, scale: Sequence[float], ratio: Sequence[float], device=None) -> Tensor:
-    """``(n, 4)`` random crop boxes ``(u0, v0, u1, v1)`` in fractions of an image (u to the right,
-    v down): area fraction uniform in ``scale``, aspect w/h log-uniform in ``ratio``, clipped to the
-    image, placed uniformly."""
-    area = torch.empty(n, device=device).uniform_(float(scale[0]), float(scale[1]))
-    aspect = torch.empty(n, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
-    w = (area * aspect).sqrt().clamp(max=1.0)
-    h = (area / aspect).sqrt().clamp(max=1.0)
-    u0 = torch.rand(n, device=device) * (1 - w)
-    v0 = torch.rand(n, device=device) * (1 - h)
-    return torch.stack([u0, v0, u0 + w, v0 + h], dim=-1)
-
-
-def _affine(scale_x: Tensor, shift_x: Tensor, scale_y: Tensor, shift_y: Tensor) -> Tensor:
-    zero = torch.zeros_like(scale_x)
-    return torch.stack([torch.stack([scale_x, zero, shift_x], -1), torch.stack([zero, scale_y, shift_y], -1)], -2)
-
-
-def crop_resize(images: Tensor, boxes: Tensor, size: int) -> Tensor:
-    """Crop each image to its box ``(u0, v0, u1, v1)`` and resize to ``size`` (bilinear)."""
-    u0, v0, u1, v1 = boxes.float().unbind(-1)
-    theta = _affine(u1 - u0, u0 + u1 - 1, v1 - v0, v0 + v1 - 1)
-    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], size, size], align_corners=False)
-    return F.grid_sample(images.float(), grid, mode="bilinear", align_corners=False)
-
-
 def frame_boxes(crops: Tensor, offset: Tensor) -> Tensor:
     """Crop boxes ``(B, 2, 4)`` (u0, v0, u1, v1) of an image and its neighbour, whose footprint
     centre is ``offset`` (B, 2) = (east, north) footprint sides away, as ``(left, top, right,
@@ -134,7 +108,7 @@ def warp_partner(images: Tensor, boxes: Tensor, mode: str = "bilinear") -> Tenso
     other = [1, 0]
     cx, cy = (left + right) / 2, (top + bottom) / 2
     width, height = right - left, top - bottom
-    theta = _affine(width / width[:, other], 2 * (cx - cx[:, other]) / width[:, other],
+    theta = box_affine(width / width[:, other], 2 * (cx - cx[:, other]) / width[:, other],
                     height / height[:, other], 2 * (cy[:, other] - cy) / height[:, other])
     source = images[:, other].flatten(0, 1).float()
     grid = F.affine_grid(theta.flatten(0, 1), list(source.shape), align_corners=False)
@@ -225,7 +199,8 @@ class NeighborMAE(ViTMethod):
     """
 
     n_views = 1
-    needs_neighbor_pairs = True
+    batch_keys = frozenset({"image_neighbor", "neighbor_offset"})
+    makes_own_crops = True  # the crop boxes place the pair in one frame
 
     def __init__(self, backbone, *, mask_ratio_min: float = 0.75, mask_ratio_max: float = 0.85,
                  crop_scale: Sequence[float] = (0.2, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
@@ -233,10 +208,6 @@ class NeighborMAE(ViTMethod):
                  norm_pix_loss: bool = True, weight_kernel: int = 9, **kwargs):
         super().__init__(backbone, **kwargs)
         vit = timm_vit(backbone, "neighbormae")
-        preset = getattr(self.augmentation, "name", "eval")
-        if preset != "eval":
-            raise ConfigError("method 'neighbormae' draws its own crops (their boxes place the pair in one frame): "
-                              f"set augmentation.name=eval, not {preset!r}")
         self.mask_ratio_min = check_mask_ratio(mask_ratio_min, "neighbormae")
         self.mask_ratio_max = check_mask_ratio(mask_ratio_max, "neighbormae")
         if self.mask_ratio_min > self.mask_ratio_max:
@@ -286,12 +257,10 @@ class NeighborMAE(ViTMethod):
 
     def make_views(self, batch):
         """The normalised image and its neighbour (crops are drawn in :meth:`ssl_loss`)."""
-        if "image_neighbor" not in batch:
-            raise ConfigError("method 'neighbormae' needs a neighbour for each image: set data.neighbor_pairs=true")
         if self.augmentation is None:
             raise ConfigError("method 'neighbormae' has no augmentation pipeline to normalise with")
         aug = self.augmentation
-        return [aug.normalize(batch["image"]), aug.normalize(batch["image_neighbor"])]
+        return [aug.normalized(batch["image"]), aug.normalized(batch["image_neighbor"])]
 
     def prefix_tokens(self, batch: int) -> Tensor:
         vit = self.vit

@@ -10,7 +10,7 @@ separate channel slices (``encoding: sincos``)."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..data.bands import normalize_band_name
 from ..errors import ConfigError
 from ..registry import METHODS
+from .losses import normalize_patches
 from .base import BaseMethod
 from .recipe import OptimRecipe
 from .vit_utils import (
@@ -29,7 +30,6 @@ from .vit_utils import (
     check_image,
     check_mask_ratio,
     encode_visible,
-    normalize_patches,
     num_masked,
     patch_size_of,
     pooled,
@@ -42,7 +42,8 @@ from .vit_utils import (
 #: SatMAE's Sentinel-2 groups: visible + NIR at 10 m, red edge at 20 m, SWIR at 20 m
 S2_GROUPS: List[List[str]] = [["B02", "B03", "B04", "B08"], ["B05", "B06", "B07", "B8A"], ["B11", "B12"]]
 
-UNKNOWN_BANDS = "method 'satmae': band names unknown; pass bands=[...] or build it with ssl_rs.train.build"
+UNKNOWN_BANDS = ("method 'satmae': band names unknown; pass bands=[...] or call setup_data(dataset) "
+                 "(ssl_rs.train.build does)")
 
 BandGroups = Sequence[Sequence[Union[str, int]]]
 
@@ -306,10 +307,9 @@ class SatMAE(BaseMethod):
         timm_vit(backbone, "satmae")
         self.temporal = bool(temporal)
         self.num_dates = 2 if self.temporal else 1
-        preset = getattr(self.augmentation, "name", "geometric")
-        if self.temporal and preset not in ("geometric", "eval"):  # colour ops would mix the two dates' bands
-            raise ConfigError(f"method 'satmae' with temporal: true needs augmentation 'geometric' or 'eval', "
-                              f"not {preset!r}")
+        if self.temporal:  # the two dates are stacked along the bands and go through one draw
+            self.batch_keys = frozenset({"image_positive"})
+            self.needs_geometric_views = True  # colour ops would mix the two dates' bands
         if masking not in ("independent", "consistent"):
             raise ConfigError(f"method 'satmae': masking must be 'independent' or 'consistent', got {masking!r}")
         if extra_bands not in ("group", "drop"):
@@ -341,19 +341,12 @@ class SatMAE(BaseMethod):
         self.decoder_args = (decoder_dim, decoder_depth, decoder_heads)
         self.groups: Optional[List[List[int]]] = None
         if bands is not None:
-            self.data_bands = list(bands)
-
-    # ``train.build`` sets ``data_bands`` right after construction (before the optimiser exists):
-    # that is when the band names, and so the groups, become known.
-    @property
-    def data_bands(self) -> Optional[List[str]]:
-        return self.__dict__.get("_data_bands")
-
-    @data_bands.setter
-    def data_bands(self, bands: Optional[Sequence[str]]) -> None:
-        self.__dict__["_data_bands"] = None if bands is None else list(bands)
-        if bands is not None and self.groups is None:
             self.build_encoder(list(bands))
+
+    def setup_data(self, dataset) -> None:
+        """The band names, and so the groups and the encoder, are known once the data is."""
+        if self.groups is None:
+            self.build_encoder(list(dataset.bands))
 
     def build_encoder(self, bands: List[str]) -> None:
         if len(bands) != self.backbone.in_chans:
@@ -379,11 +372,10 @@ class SatMAE(BaseMethod):
         p = self.backbone.patch_size
         self.heads = nn.ModuleList(nn.Linear(dim, p * p * len(g)) for g in self.groups)
 
-    @staticmethod
-    def checkpoint_encoder(backbone: nn.Module, method_args: Dict, bands: Sequence[str]) -> GroupViT:
-        """The encoder module of a SatMAE checkpoint, around a freshly built plain ``backbone``,
-        ready for ``load_state_dict`` of the checkpoint's ``backbone.*`` weights (the rebuild
-        step ``train.load_backbone_from_checkpoint`` needs for this method)."""
+    @classmethod
+    def inference_encoder(cls, backbone: nn.Module, method_args: Mapping[str, Any], bands: Sequence[str]) -> GroupViT:
+        """The band-group encoder around a freshly built plain ``backbone``, ready for the
+        ``backbone.*`` weights of a SatMAE checkpoint or export."""
         defaults = SatMAE.__init__.__kwdefaults__
         groups = method_args.get("band_groups") or defaults["band_groups"] or S2_GROUPS
         extra = method_args.get("extra_bands", defaults["extra_bands"])
@@ -419,12 +411,9 @@ class SatMAE(BaseMethod):
         normalised dates are stacked along the bands and go through one draw of the transform)."""
         if not self.temporal:
             return super().make_views(batch)
-        if "image_positive" not in batch:
-            raise ConfigError("method 'satmae' with temporal: true needs another date of each place: "
-                              "set data.temporal_positives=true (the data needs 'group' ids)")
         aug = self.augmentation
-        both = torch.cat([aug.normalize(batch["image"]), aug.normalize(batch["image_positive"])], dim=1)
-        view = aug.transforms[0](both)
+        both = torch.cat([aug.normalized(batch["image"]), aug.normalized(batch["image_positive"])], dim=1)
+        view = aug.transform(both, 0)
         return list(torch.split(view, batch["image"].shape[1], dim=1))
 
     def decoder_encoding(self, grid: int) -> Tensor:

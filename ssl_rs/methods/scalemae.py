@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..registry import METHODS
+from .crops import random_square_crops
+from .losses import masked_patch_mse
 from .recipe import OptimRecipe
 from .vit_utils import (
     MaskedDecoder,
@@ -28,27 +30,13 @@ from .vit_utils import (
     check_mask_ratio,
     embed_tokens_at_gsd,
     encode_visible,
-    masked_patch_mse,
     patch_size_of,
     pooled,
     random_patch_mask,
-    require_own_crops,
     set_frozen_gsd_encoding,
     sincos_pos_embed,
     timm_vit,
 )
-
-
-def random_square_crops(images: Tensor, side: int) -> Tensor:
-    """One ``side`` x ``side`` crop per image at a uniformly random position."""
-    b, _, h, w = images.shape
-    top = torch.randint(0, h - side + 1, (b,), device=images.device)
-    left = torch.randint(0, w - side + 1, (b,), device=images.device)
-    offsets = torch.arange(side, device=images.device)
-    rows = (top[:, None] + offsets)[:, :, None]  # (B, side, 1)
-    cols = (left[:, None] + offsets)[:, None, :]  # (B, 1, side)
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, side, side)
 
 
 def frequency_targets(images: Tensor) -> Tuple[Tensor, Tensor]:
@@ -109,6 +97,7 @@ class ScaleMAE(ViTMethod):
     """
 
     n_views = 1
+    makes_own_crops = True  # crops made elsewhere would change the input's GSD unseen
     #: the reference's ``main_pretrain.py`` defaults: AdamW, base lr 1.5e-4 per 256 images (linear
     #: scaling), betas (0.9, 0.95), weight decay 0.05 (not on biases and norms), 20 warm-up epochs
     #: (of 800), cosine to 0 (MAE's recipe with 20 warm-up epochs instead of 40)
@@ -121,7 +110,6 @@ class ScaleMAE(ViTMethod):
                  band_reduction: str = "sum", resample: str = "bicubic", **kwargs):
         super().__init__(backbone, **kwargs)
         vit = timm_vit(backbone, "scalemae")
-        require_own_crops(self.augmentation, "scalemae")  # crops made elsewhere would change the GSD unseen
         check_gsd_encodable(vit, "scalemae")
         self.mask_ratio = check_mask_ratio(mask_ratio, "scalemae")
         self.patch_size = patch_size_of(vit)
@@ -162,12 +150,10 @@ class ScaleMAE(ViTMethod):
         self.set_native_encoding(self.native_ratio())
 
     # -- GSD -----------------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        dataset = getattr(dataset, "dataset", dataset)  # temporal-positives wrapper
+    def setup_data(self, dataset) -> None:
+        """The data file's ``gsd`` (unless ``gsd`` was given) sets the native encoding."""
         if self.gsd is None:
-            self.gsd = getattr(dataset, "gsd", None)
+            self.gsd = dataset.gsd
         self.set_native_encoding(self.native_ratio())
 
     def native_ratio(self) -> float:

@@ -109,15 +109,6 @@ def embed_tokens(vit: VisionTransformer, x: Tensor) -> Tensor:
 # plain forward and must see the encoding pretraining used at that scale.
 
 
-def require_own_crops(augmentation: Optional[nn.Module], method: str) -> None:
-    """A method that knows each input's GSD only from the crops it makes itself refuses views
-    that were cropped (rescaled) elsewhere."""
-    preset = getattr(augmentation, "name", "eval")
-    if preset != "eval":
-        raise ConfigError(f"method {method!r} makes its own crops to know their GSD; use augmentation.name: eval, "
-                          f"not {preset!r}")
-
-
 def check_gsd_encodable(vit: VisionTransformer, method: str) -> None:
     """The GSD-scaled encoding replaces an absolute position embedding of a square patch grid
     with at most a CLS token in front."""
@@ -228,23 +219,3 @@ class MaskedDecoder(nn.Module):
         return out[:, self.num_prefix_tokens:]
 
 
-def patch_mean_std(patches: Tensor, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
-    """Mean and std (with ``eps`` added to the variance) of each patch over its pixels and bands;
-    the unbiased variance, as the MAE and NeighborMAE authors' code computes it."""
-    mean = patches.mean(dim=-1, keepdim=True)
-    var = patches.var(dim=-1, keepdim=True)
-    return mean, (var + eps).sqrt()
-
-
-def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
-    """MAE's per-patch normalised targets: subtract each patch's mean, divide by its std."""
-    mean, std = patch_mean_std(patches, eps)
-    return (patches - mean) / std
-
-
-def masked_patch_mse(pred: Tensor, target: Tensor, idx_mask: Tensor, norm_pix: bool = False) -> Tensor:
-    """Mean squared error per patch, averaged over the masked patches only (MAE eq.)."""
-    if norm_pix:
-        target = normalize_patches(target)
-    per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N)
-    return per_patch.gather(1, idx_mask).mean()

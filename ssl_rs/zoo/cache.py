@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import DataError, SslRsError
-from ..files import AtomicOutput, atomic_output, write_text
+from ..files import AtomicOutput, atomic_output, sha256_file, write_text
 from .weights import SHA256_RE, ZOO, WeightsEntry
 
 CHUNK = 1 << 20
@@ -47,14 +47,6 @@ def cache_dir() -> Path:
 
 def cached_path(entry: WeightsEntry, root: Optional[Path] = None) -> Path:
     return (root or cache_dir()) / entry.name / entry.filename
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _expected_hash(entry: WeightsEntry, sha256: Optional[str], allow_unverified: bool) -> Optional[str]:
@@ -88,7 +80,7 @@ def _check_cached(path: Path, entry: WeightsEntry, expected: Optional[str]) -> b
     recorded = sidecar.read_text().strip() if sidecar.is_file() else None
     if recorded is not None and (expected is None or recorded == expected):
         return True
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if expected is not None and digest != expected:
         _remove(path, sidecar)
         return False

@@ -11,14 +11,15 @@ def _size_text(size) -> str:
 
 
 def cmd_zoo_list(args: argparse.Namespace) -> int:
-    from ..cli import _print_table
+    from ..text import markdown_table
     from . import ZOO
 
     rows = [{"name": e.name, "backbone": e.backbone, "bands": e.in_chans, "method": e.method,
              "regularizer": e.regularizer or "-", "data": e.pretraining_data.split(":")[0],
              "size": _size_text(e.size), "sha256": "verified" if e.verified else "NONE", "licence": e.license}
             for e in ZOO.entries()]
-    _print_table(rows, ["name", "backbone", "bands", "method", "regularizer", "data", "size", "sha256", "licence"])
+    print(markdown_table(rows, ["name", "backbone", "bands", "method", "regularizer", "data", "size", "sha256",
+                                "licence"]))
     return 0
 
 

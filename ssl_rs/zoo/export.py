@@ -3,7 +3,9 @@
 ``export_run(RUN_DIR, OUT_DIR)`` reads ``config.yaml``, ``checkpoints/best.ckpt`` (else
 ``last.ckpt``, loaded with ``weights_only=True``) and ``results.json``, and writes::
 
-    OUT_DIR/<name>.safetensors   backbone state dict + metadata (backbone, bands, normalisation, size)
+    OUT_DIR/<name>.safetensors   the evaluated encoder's weights + metadata (backbone, bands,
+                                 normalisation, size; for a timm encoder the timm architecture
+                                 and arguments: its keys are the bare timm model's)
     OUT_DIR/MODEL_CARD.md        config, data, metrics, the command that reproduces the run
     OUT_DIR/config.yaml          the run's resolved config (what the reproduce command reads)
     OUT_DIR/entry.py             the WeightsEntry to paste into ssl_rs/zoo/entries.py, with sha256 and size
@@ -18,10 +20,10 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import torch
-
 from .. import __version__
-from ..errors import DataError
+from ..checkpoint import (EncoderExport, TrainingCheckpoint, build_encoder, encoder_export, encoder_state,
+                          load_tensors_only)
+from ..errors import DataError, SslRsError
 from ..files import copy_file, write_bytes, write_text
 from .loading import SAFETENSORS_FORMAT
 from .weights import WeightsEntry, check_url
@@ -118,9 +120,9 @@ def _read_run(run_dir: Path, checkpoint: Optional[str]):
     if ckpt_file is None:
         raise DataError(f"{run_dir}/checkpoints: no {' or '.join(f'{n}.ckpt' for n in names)}")
     try:
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{ckpt_file}: not a loadable checkpoint ({str(e).splitlines()[0]})") from None
+        ckpt = load_tensors_only(ckpt_file)
+    except SslRsError as e:
+        raise DataError(str(e)) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DataError(f"{ckpt_file}: state_dict: not a Lightning checkpoint")
     results = _read_results(run_dir / "results.json")
@@ -155,14 +157,6 @@ def _data_facts(cfg: Dict[str, Any], bands) -> Dict[str, Any]:
     return facts
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_run(
     run_dir: Union[str, os.PathLike],
     out_dir: Union[str, os.PathLike],
@@ -185,18 +179,11 @@ def export_run(
     bands = list(ckpt.get("ssl_rs_bands") or [])
     if not bands:
         raise DataError(f"{ckpt_file}: ssl_rs_bands: the checkpoint does not record its bands")
-    from .. import methods  # noqa: F401  (registers the methods)
-    from ..registry import METHODS
-
-    method_args = dict(cfg["method"].get("args") or {})
-    prefix = METHODS.get(cfg["method"]["name"]).factory.checkpoint_backbone_prefix(method_args) + "model."
-    state = {"model." + k[len(prefix):]: v.detach().cpu().contiguous().clone()
-             for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if not state:
-        raise DataError(f"{ckpt_file}: state_dict: no {prefix}* weights")
     backbone = cfg["backbone"]["name"]
     backbone_args = dict(cfg["backbone"].get("args") or {})
     method = cfg["method"]["name"]
+    method_args = dict(cfg["method"].get("args") or {})
+    release = _encoder_release(TrainingCheckpoint(ckpt_file, ckpt["state_dict"], cfg, bands))
     regularizer = (cfg.get("geo") or {}).get("name")
     facts = _data_facts(cfg, bands)
     image_size = (cfg.get("augmentation") or {}).get("size") or facts["size"]
@@ -214,8 +201,10 @@ def export_run(
         "backbone": backbone, "backbone_args": json.dumps(backbone_args), "bands": json.dumps(bands),
         "normalization": json.dumps(facts["normalization"]), "image_size": json.dumps(image_size),
         "method": method, "regularizer": json.dumps(regularizer), "checkpoint": ckpt_file.name,
+        "key_layout": release.key_layout, "encoder": release.encoder, "method_args": json.dumps(method_args),
+        "timm_model": json.dumps(release.timm_model), "timm_kwargs": json.dumps(release.timm_kwargs),
     }
-    weights = safetensors_bytes(state, metadata=metadata)  # written below, with the other files
+    weights = safetensors_bytes(release.state, metadata=metadata)  # written below, with the other files
     sha256, size = hashlib.sha256(weights).hexdigest(), len(weights)
 
     data_text = f"{facts['path']}" + (f" ({facts['n']} samples, {len(bands)} bands)" if facts["n"] else "")
@@ -224,19 +213,35 @@ def export_run(
         backbone=backbone, backbone_args=backbone_args, bands=tuple(bands), method=method,
         regularizer=regularizer, pretraining_data=data_text,
         normalization=facts["normalization"] or {"type": "unknown", "note": "training data file not found"},
-        image_size=int(image_size) if image_size else 0, license=license, key_layout="ssl_rs",
+        image_size=int(image_size) if image_size else 0, license=license, key_layout=release.key_layout,
         metrics=_flat_metrics(results), source=f"ssl-rs {__version__} run {run.name}",
         summary=f"{backbone} {method}" + (f" + {regularizer}" if regularizer else "") + f" on {Path(str(facts['path'])).name}",
     )
     # Every file is composed before the first is written, and each is written atomically
     # (ssl_rs.files: .NAME.part beside it, mode from the umask, "replaced OUT" on the log).
-    card, entry_text = model_card(entry, cfg, results, ckpt_file), entry_source(entry)
+    card, entry_text = model_card(entry, cfg, results, ckpt_file, release), entry_source(entry)
     write_bytes(weights_file, weights)
     copy_file(run / "config.yaml", out / "config.yaml")
     write_text(out / "entry.py", entry_text)
     write_text(out / "MODEL_CARD.md", card)
     return {"weights": weights_file, "model_card": out / "MODEL_CARD.md", "entry_file": out / "entry.py",
             "config": out / "config.yaml", "entry": entry}
+
+
+def _encoder_release(training: TrainingCheckpoint) -> EncoderExport:
+    """The evaluated encoder of the checkpoint, rebuilt as the run built it and put in its release
+    form; weights that do not fit the run's config are one line."""
+    cfg = training.config
+    try:
+        encoder = build_encoder(cfg["backbone"]["name"], cfg["backbone"].get("args") or {}, training.method,
+                                training.method_args, training.bands)
+        encoder.load_state_dict(encoder_state(training))
+    except SslRsError as e:
+        raise DataError(str(e)) from None
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{training.path}: state_dict: does not fit the run's config (backbone "
+                        f"{cfg['backbone']['name']!r}, method {training.method!r}): {_one_line(e)}") from None
+    return encoder_export(encoder, training.method)
 
 
 def entry_source(entry: WeightsEntry) -> str:
@@ -253,7 +258,25 @@ def entry_source(entry: WeightsEntry) -> str:
     )
 
 
-def model_card(entry: WeightsEntry, cfg: Dict[str, Any], results: Dict[str, Any], ckpt_file: Path) -> str:
+def loading_lines(entry: WeightsEntry, release: EncoderExport) -> str:
+    """The model card's "Use" section: the code that loads the file."""
+    ssl_rs = (f'from ssl_rs.zoo import load_backbone\n'
+              f'backbone = load_backbone("{entry.filename}")   # or the registered name once published')
+    if release.key_layout == "timm":
+        kwargs = "".join(f", {k}={v!r}" for k, v in (release.timm_kwargs or {}).items())
+        return ("The weights are a plain timm model's state dict:\n\n```python\nimport timm\n"
+                "from safetensors.torch import load_file\n"
+                f'model = timm.create_model("{release.timm_model}", in_chans={entry.in_chans}, num_classes=0{kwargs})\n'
+                f'model.load_state_dict(load_file("{entry.filename}"))   # strict: every key matches\n```\n\n'
+                "or, with the bands and normalisation recorded in the file:\n\n"
+                f"```python\n{ssl_rs}\n```")
+    what = ("ssl-rs's own backbone" if release.encoder == "backbone"
+            else f"the {release.encoder!r} method's encoder (not a plain timm model)")
+    return f"The weights are {what}; ssl-rs rebuilds it from the file's metadata:\n\n```python\n{ssl_rs}\n```"
+
+
+def model_card(entry: WeightsEntry, cfg: Dict[str, Any], results: Dict[str, Any], ckpt_file: Path,
+               release: EncoderExport) -> str:
     import yaml
 
     norm = entry.normalization
@@ -299,10 +322,7 @@ def model_card(entry: WeightsEntry, cfg: Dict[str, Any], results: Dict[str, Any]
 
 ## Use
 
-```python
-from ssl_rs.zoo import load_backbone
-backbone = load_backbone("{entry.filename}")   # or the registered name once published
-```
+{loading_lines(entry, release)}
 
 ## Reproduce
 

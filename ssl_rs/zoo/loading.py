@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.bands import normalize_band_name
+from ..backbones.timm_backbones import Backbone
 from ..errors import ConfigError, DataError, SslRsError
 from .weights import ZOO, WeightsEntry
 
@@ -138,9 +139,21 @@ def adapt_first_conv(
     return out
 
 
-def _entry_spec(entry: WeightsEntry) -> Dict[str, Any]:
-    return {"backbone": entry.backbone, "backbone_args": dict(entry.backbone_args), "bands": list(entry.bands),
+def _entry_spec(entry: WeightsEntry, meta: Dict[str, str]) -> Dict[str, Any]:
+    spec = {"backbone": entry.backbone, "backbone_args": dict(entry.backbone_args), "bands": list(entry.bands),
             "normalization": dict(entry.normalization), "image_size": entry.image_size, "name": entry.name}
+    if meta.get("format") == SAFETENSORS_FORMAT:  # an ssl-rs export says which module its keys belong to
+        spec.update(_encoder_spec(Path(entry.filename), meta))
+    return spec
+
+
+def _encoder_spec(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
+    """Which module an ssl-rs export's keys belong to: the plain backbone (the default, and all
+    exports before the field existed) or a method's encoder rebuilt from ``method_args``."""
+    try:
+        return {"encoder": meta.get("encoder", "backbone"), "method_args": json.loads(meta.get("method_args", "{}"))}
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: metadata: malformed method_args ({e})") from None
 
 
 def _metadata_spec(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
@@ -148,11 +161,23 @@ def _metadata_spec(path: Path, meta: Dict[str, str]) -> Dict[str, Any]:
         raise DataError(f"{path}: metadata: not an ssl-rs export (format {meta.get('format')!r}); "
                         "load plain state dicts through a WeightsEntry")
     try:
-        return {"backbone": meta["backbone"], "backbone_args": json.loads(meta.get("backbone_args", "{}")),
+        spec = {"backbone": meta["backbone"], "backbone_args": json.loads(meta.get("backbone_args", "{}")),
                 "bands": json.loads(meta["bands"]), "normalization": json.loads(meta.get("normalization", "null")),
                 "image_size": json.loads(meta.get("image_size", "null")), "name": meta.get("name", path.stem)}
     except (KeyError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: metadata: missing or malformed field ({e})") from None
+    return {**spec, **_encoder_spec(path, meta)}
+
+
+def _new_encoder(spec: Dict[str, Any], bands: Sequence[str]) -> nn.Module:
+    """A freshly initialised module of the kind the weights were saved from, over ``bands``."""
+    from ..backbones import create_backbone
+    from ..checkpoint import build_encoder
+
+    encoder = spec.get("encoder", "backbone")
+    if encoder == "backbone":
+        return create_backbone(spec["backbone"], in_chans=len(bands), **spec["backbone_args"])
+    return build_encoder(spec["backbone"], spec["backbone_args"], encoder, spec.get("method_args") or {}, list(bands))
 
 
 def load_backbone(
@@ -175,8 +200,6 @@ def load_backbone(
     to the weights' pretraining normalisation (see :func:`match_input_normalization`). The backbone
     carries ``.bands`` (its input bands), ``.normalization`` and ``.image_size`` from the weights.
     """
-    from ..backbones import create_backbone
-
     spec: Dict[str, Any]
     entry: Optional[WeightsEntry] = weights if isinstance(weights, WeightsEntry) else None
     if isinstance(weights, str) and weights in ZOO:  # a registered name wins over a same-named file
@@ -190,8 +213,8 @@ def load_backbone(
         from .cache import download
 
         path = download(entry, sha256=sha256, allow_unverified=allow_unverified, progress=progress)
-        raw, _ = read_weights_file(path)
-        state, spec = to_backbone_keys(raw, entry.key_layout), _entry_spec(entry)
+        raw, meta = read_weights_file(path)
+        state, spec = to_backbone_keys(raw, entry.key_layout), _entry_spec(entry, meta)
     else:
         path = Path(weights)
         raw, meta = read_weights_file(path)
@@ -200,11 +223,14 @@ def load_backbone(
 
             backbone, cfg = load_checkpoint_backbone(path)  # a config that does not fit: one line
             state = dict(backbone.state_dict())
-            spec = {"backbone": cfg["backbone"]["name"], "backbone_args": dict(cfg["backbone"]["args"]),
+            spec = {"backbone": cfg["backbone"]["name"], "backbone_args": dict(cfg["backbone"].get("args") or {}),
                     "bands": list(cfg["data_bands"]), "normalization": None,
-                    "image_size": cfg["augmentation"].get("size"), "name": path.stem}
+                    "image_size": cfg["augmentation"].get("size"), "name": path.stem,
+                    "encoder": "backbone" if isinstance(backbone, Backbone) else cfg["method"]["name"],
+                    "method_args": dict(cfg["method"].get("args") or {})}
         else:
-            state, spec = to_backbone_keys(raw, "ssl_rs"), _metadata_spec(path, meta)
+            spec = _metadata_spec(path, meta)
+            state = to_backbone_keys(raw, meta.get("key_layout", "ssl_rs"))
 
     from_bands: List[str] = [normalize_band_name(b) for b in spec["bands"]]
     to_bands = from_bands
@@ -214,10 +240,12 @@ def load_backbone(
         except ValueError as e:
             raise ConfigError(f"bands: {e}") from None
         if to_bands != from_bands:
-            backbone = create_backbone(spec["backbone"], in_chans=len(from_bands), **spec["backbone_args"])
-            key = _stem_key(backbone)
+            if spec.get("encoder", "backbone") != "backbone":
+                raise ConfigError(f"bands: the {spec['encoder']} encoder of {spec['name']!r} groups its input bands "
+                                  f"by position and cannot be re-wired: give it {', '.join(from_bands)}")
+            key = _stem_key(_new_encoder(spec, from_bands))
             state = adapt_first_conv(state, from_bands, to_bands, missing=missing, key=key)
-    backbone = create_backbone(spec["backbone"], in_chans=len(to_bands), **spec["backbone_args"])
+    backbone = _new_encoder(spec, to_bands)
     try:
         backbone.load_state_dict(state)
     except RuntimeError as e:  # missing/unexpected keys or shapes: the file is for another backbone

@@ -24,7 +24,7 @@ def write_suite(path: Path, **changes) -> Path:
         "name": "micro",
         "data": {"synth": {"n": 120, "size": 16, "seed": 1, "classes": 4}},
         "splits": [{"scheme": "spatial-block", "block_km": 500}],
-        "base_config": "zoo_configs/synthetic/mocov2.yaml",
+        "base_config": "synthetic/mocov2",
         "overrides": TINY_OVERRIDES,
         "matrix": {"method": ["mocov2", "mocov2_georank"], "seed": [0, 1]},
         "eval": {"datasets": [{"name": "world", "data": "pretrain", "schemes": ["random", "spatial-block"]}]},
@@ -95,6 +95,7 @@ def test_run_resume_skip_and_report(tmp_path):
     assert any("augmentation.png skipped" in n for n in result["notes"])
 
 
+@pytest.mark.slow
 def test_subset_and_image_size_axes(tmp_path):
     suite = write_suite(tmp_path / "axes.yaml", name="axes",
                         matrix={"subset": [0.5, 1.0], "image_size": [12, 16]}, studies=[])
@@ -170,6 +171,7 @@ def test_repeated_kfold_knn_uses_every_sample(tmp_path):
         repeated_kfold_knn(x[:8], np.array([0, 0, 0, 0, 0, 1, 1, 1]))
 
 
+@pytest.mark.slow
 def test_eurosat_real_benchmark_machinery(tmp_path, shared_data):
     """The real-data script end to end on a tiny setting (16 px, 1 epoch, 1 repeat)."""
     import importlib.util

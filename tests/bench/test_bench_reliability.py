@@ -33,7 +33,7 @@ def write_suite(path: Path, **changes) -> Path:
     suite = {
         "name": "micro",
         "data": {"synth": {"n": 120, "size": 16, "seed": 1, "classes": 4}},
-        "base_config": "zoo_configs/synthetic/mocov2.yaml",
+        "base_config": "synthetic/mocov2",
         "overrides": TINY_OVERRIDES,
         "matrix": {"method": ["mocov2", "mocov2_georank"], "seed": [0, 1]},
         "eval": {"datasets": [{"name": "world", "data": "pretrain", "schemes": ["random"]}]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import h5py
 import pytest
+import yaml
 
 from ssl_rs.cli import main
+from ssl_rs.config import packaged_config_dir
 
 
 def run(capsys, *argv):
@@ -70,8 +73,75 @@ def test_list(capsys):
     code, out, _ = run(capsys, "list", "backbones")
     assert code == 0 and "resnet18" in out and "tiny_cnn" in out and "vit_small" in out
     code, out, _ = run(capsys, "list")
-    for name in ("geometric", "standard", "multicrop", "mocov2", "dino", "georank", "tile2vec", "eurosat-ms"):
+    for name in ("geometric", "standard", "multicrop", "mocov2", "dino", "georank", "tile2vec", "eurosat-ms",
+                 "synthetic/mocov2_georank"):
         assert name in out
+
+
+def test_list_configs(capsys):
+    from ssl_rs.config import packaged_configs
+
+    code, out, _ = run(capsys, "list", "configs")
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == f"configs ({len(packaged_configs())})"
+    assert re.match(r"\| name +\| description +\|$", lines[1]) and re.match(r"\|-+\|-+\|$", lines[2])
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in lines[3:] if line.startswith("|")}
+    assert rows["synthetic/mocov2_georank"] == "MoCo v2 + GeoRank on the synthetic geo-world"  # its leading comment
+    assert rows["eurosat/mocov2_georank"] == "mocov2 + georank"  # no comment: the method and regularizer
+    assert "synthetic/_data" not in rows and "defaults" not in rows  # layers the configs compose
+    assert len({len(line) for line in lines[1:] if line}) == 1  # one aligned table
+
+
+@pytest.mark.slow
+def test_pretrain_a_packaged_config_by_name_outside_the_checkout(tiny_world, tmp_path):
+    """``-c synthetic/mocov2`` from a working directory that has no config files: the packaged one."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    cmd = [sys.executable, "-m", "ssl_rs.cli", "pretrain", "-c", "synthetic/mocov2", f"data.path={tiny_world}",
+           "output.dir=runs", "output.name=run", "data.batch_size=32", "data.num_workers=0", "trainer.max_epochs=1",
+           "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0", "eval.schemes=null",
+           "method.args.queue_size=64", "backbone.args.width=8", "trainer.accelerator=cpu"]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = yaml.safe_load((cwd / "runs" / "run" / "config.yaml").read_text())
+    assert saved["method"]["name"] == "mocov2" and saved["method"]["args"]["temperature"] == 0.2  # mocov2.yaml
+    assert saved["backbone"]["name"] == "tiny_cnn"  # its synthetic/_data.yaml
+    proc = subprocess.run([*cmd[:5], "synthetic/mocov2_georak", *cmd[6:]], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "did you mean 'synthetic/mocov2_georank'?" in proc.stderr
+
+
+def test_convert_flags_come_from_the_converters_options(capsys, monkeypatch, tmp_path):
+    """A converter's declared options are ``data convert`` flags with no edit of the CLI."""
+    from ssl_rs.data.converters import CONVERTERS, Converter, Option
+    from ssl_rs.data.synth import synthesize
+
+    seen = {}
+
+    def convert_fake(src, out, *, progress=True, tile_count=1, mode="a"):
+        seen.update(tile_count=tile_count, mode=mode)
+        return synthesize(out, n=20, size=8, progress=False)
+
+    fake = Converter("fake-format", "a test format", convert_fake, (
+        Option("tile_count", int, 1, "tiles per side"),
+        Option("mode", str, "a", "how", ("a", "b")),
+    ))
+    CONVERTERS.load()
+    monkeypatch.setitem(CONVERTERS._entries, fake.name, fake)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "x").write_text("x")
+    code, out, err = run(capsys, "data", "convert", "fake-format", str(tmp_path / "src"), "-o", str(tmp_path / "o.h5"),
+                         "--tile-count", "3", "--mode", "b")
+    assert code == 0, err
+    assert seen == {"tile_count": 3, "mode": "b"} and "20 samples" in out
+    with pytest.raises(SystemExit):  # argparse: not one of the declared choices
+        main(["data", "convert", "fake-format", str(tmp_path / "src"), "-o", str(tmp_path / "o.h5"), "--mode", "c"])
+    assert "invalid choice: 'c'" in capsys.readouterr().err
+    code, _, err = run(capsys, "data", "convert", "eurosat-ms", str(tmp_path / "src"), "-o", str(tmp_path / "e.h5"),
+                       "--tile-count", "3")  # another converter's flag is refused, by the flag typed
+    assert code == 2 and "--tile-count: not an option of eurosat-ms (its options: none)" in err
 
 
 @pytest.mark.parametrize("protocol", ["knn", "linear"])
@@ -143,7 +213,7 @@ def test_convert_eurosat_cli(capsys, shared_data, tmp_path):
 def test_pretrain_shows_the_library_log_lines(capsys, tmp_path):
     world = tmp_path / "tiles.h5"
     assert run(capsys, "data", "synth", "-o", str(world), "--n", "64", "--size", "16", "--tiles", "2")[0] == 0
-    config = Path(__file__).resolve().parents[2] / "zoo_configs" / "synthetic" / "neighbormae.yaml"
+    config = packaged_config_dir() / "synthetic" / "neighbormae.yaml"
     code, _, err = run(capsys, "pretrain", "-c", str(config), f"data.path={world}", f"output.dir={tmp_path}/runs",
                        "data.batch_size=16", "trainer.max_epochs=1", "trainer.progress_bar=false",
                        "trainer.knn_every_n_epochs=0", "eval.schemes=null", "backbone.args.depth=1",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,13 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ssl_rs.config import load_config
+from ssl_rs.config import load_config, packaged_config_dir
 from ssl_rs.data.dataset import GeoDataset
 from ssl_rs.data.layout import write_dataset
 from ssl_rs.data.neighbors import EARTH_RADIUS_M, NeighborPairs
 from ssl_rs.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[2]
 SIZE, GSD = 8, 10.0
 SIDE_M = SIZE * GSD
 LAT0, LON0 = 45.0, 10.0
@@ -210,7 +208,7 @@ def dated_world(tmp_path_factory):
 
 
 def _config(world, tmp_path, *extra):
-    cfg = load_config(REPO / "zoo_configs" / "synthetic" / "mocov2.yaml", [
+    cfg = load_config(packaged_config_dir() / "synthetic" / "mocov2.yaml", [
         f"data.path={world}", f"output.dir={tmp_path}/runs", "data.batch_size=16", "data.num_workers=0",
         "trainer.max_epochs=1", "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0",
         "eval.schemes=null", "method.args.queue_size=64", *extra,
@@ -225,10 +223,10 @@ def test_build_wraps_the_training_split_in_neighbour_pairs(dated_world, tmp_path
 
     with caplog.at_level(logging.INFO, logger="ssl_rs"):
         built = build(_config(dated_world, tmp_path, "data.neighbor_pairs=true", "data.neighbor_max_offset=1.5"))
-    pairs = built["train_loader"].dataset
+    pairs = built.train_loader.dataset
     assert isinstance(pairs, NeighborPairs) and pairs.max_offset == 1.5
-    assert set(pairs.indices.tolist()) == set(built["train_dataset"].indices.tolist())
-    batch = next(iter(built["train_loader"]))
+    assert set(pairs.indices.tolist()) == set(built.train_dataset.indices.tolist())
+    batch = next(iter(built.train_loader))
     assert {"image_neighbor", "neighbor_offset", "has_neighbor", "index_neighbor"} <= set(batch)
     paired = round(pairs.neighbor_fraction * len(pairs))
     assert f"neighbour pairs: {paired} of {len(pairs)} training samples" in caplog.text
@@ -251,12 +249,11 @@ def test_build_refuses_a_non_positive_max_offset(dated_world, tmp_path):
 
 
 def test_method_that_needs_neighbour_pairs(dated_world, tmp_path, monkeypatch):
-    import ssl_rs.methods  # noqa: F401  (fill the registry)
     from ssl_rs.registry import METHODS
     from ssl_rs.train import build
 
-    monkeypatch.setattr(METHODS.get("mocov2").factory, "needs_neighbor_pairs", True, raising=False)
-    with pytest.raises(ConfigError, match=r"method 'mocov2' needs neighbour pairs: set data.neighbor_pairs=true"):
+    monkeypatch.setattr(METHODS.get("mocov2").factory, "batch_keys", frozenset({"image_neighbor"}))
+    with pytest.raises(ConfigError, match=r"method MoCoV2 needs 'image_neighbor': set data.neighbor_pairs=true"):
         build(_config(dated_world, tmp_path))
     built = build(_config(dated_world, tmp_path, "data.neighbor_pairs=true"))
-    assert isinstance(built["train_loader"].dataset, NeighborPairs)
+    assert isinstance(built.train_loader.dataset, NeighborPairs)

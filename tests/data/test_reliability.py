@@ -150,6 +150,7 @@ def test_a_second_writer_of_the_same_output_is_refused_not_let_to_remove_the_fir
     assert check_file(out)["n"] == 1 and listing(tmp_path) == ["w.h5"]
 
 
+@pytest.mark.slow
 def test_sigterm_during_synth_leaves_no_part_file(tmp_path):
     out = tmp_path / "w.h5"
     cmd = [sys.executable, "-m", "ssl_rs.cli", *synth_args(out, 60000, "--block-km", "0")]

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from ssl_rs.data.dataset import GeoDataset
 from ssl_rs.data.temporal import TemporalPositives
 from ssl_rs.errors import ConfigError, DataError
-from ssl_rs.geo.samplers import GeoNeighborBatchSampler
+from ssl_rs.data.samplers import GeoNeighborBatchSampler
 
 
 def haversine_km(lat1, lon1, lat2, lon2):
@@ -70,7 +70,7 @@ def test_ddp_ranks_take_disjoint_alternate_batches_of_one_sequence(tiny_world, d
 
 
 def test_monitoring_loaders_shard_like_a_distributed_sampler(monkeypatch):
-    from ssl_rs.train import RankShardSampler
+    from ssl_rs.data.samplers import RankShardSampler
 
     assert list(RankShardSampler(5)) == [0, 1, 2, 3, 4]  # no process group: everything
     shares = []

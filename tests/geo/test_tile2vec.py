@@ -120,7 +120,7 @@ def test_validation_and_registry():
 def test_with_geo_sampler_most_samples_find_triplets(tmp_path):
     from ssl_rs.data.dataset import GeoDataset
     from ssl_rs.data.synth import synthesize
-    from ssl_rs.geo.samplers import GeoNeighborBatchSampler
+    from ssl_rs.data.samplers import GeoNeighborBatchSampler
 
     path = synthesize(tmp_path / "world.h5", n=400, size=8, seed=2, num_classes=4, progress=False)
     ds = GeoDataset(path)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from ssl_rs.config import load_config
+from ssl_rs.config import load_config, packaged_config_dir
 
-CONFIGS = Path(__file__).resolve().parents[2] / "zoo_configs" / "synthetic"
+CONFIGS = packaged_config_dir() / "synthetic"
 
 
 @pytest.fixture

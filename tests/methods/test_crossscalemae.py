@@ -20,7 +20,8 @@ from ssl_rs.methods.crossscalemae import (
     cross_scale_info_nce,
 )
 from ssl_rs.methods.vit_utils import embed_tokens_at_gsd, encode_visible, random_patch_mask, sincos_pos_embed
-from ssl_rs.train import load_backbone_from_checkpoint, pretrain
+from ssl_rs.checkpoint import load_encoder
+from ssl_rs.train import pretrain
 
 
 def vit(in_chans=3):
@@ -246,20 +247,54 @@ def test_gsd_encoding_backbone_forward_uses_the_native_gsd_encoding():
 
 
 def test_gsd_encoding_refuses_views_cropped_elsewhere():
-    import ssl_rs.augmentations  # noqa: F401  (fills the registry)
     from ssl_rs.registry import AUGMENTATIONS
 
     geometric = AUGMENTATIONS.create("geometric", size=16, mean=[0.0] * 3, std=[1.0] * 3, n_views=1)
     with pytest.raises(ConfigError, match="augmentation.name: eval"):
-        CrossScaleMAE(vit(3), augmentation=geometric, gsd_encoding=True, **tiny_decoder())
-    CrossScaleMAE(vit(3), augmentation=geometric, **tiny_decoder())  # without it, any single view will do
+        CrossScaleMAE(vit(3), augmentation=geometric, gsd_encoding=True, **tiny_decoder()).check_contract({"image"})
+    # without it, any single view will do
+    CrossScaleMAE(vit(3), augmentation=geometric, **tiny_decoder()).check_contract({"image"})
 
 
-def test_registered():
-    import ssl_rs.methods  # noqa: F401
+def test_registered_factory_builds_the_zoo_config_and_learns(tiny_world, tiny_mim_config):
     from ssl_rs.registry import METHODS
+    from ssl_rs.train import build
 
-    assert "crossscalemae" in METHODS.names()
+    assert METHODS.get("crossscalemae").factory is CrossScaleMAE
+    cfg = tiny_mim_config(tiny_world, "crossscalemae")
+    built = build(cfg)
+    method, args = built.method, cfg.method.args
+    assert isinstance(method, CrossScaleMAE) and method.vit is method.backbone.model
+    # every setting of the zoo config reaches the model
+    assert method.mask_ratio == args.mask_ratio and method.temperature == args.temperature
+    assert method.large_scale == tuple(args.large_scale) and method.crop_scale == tuple(args.crop_scale)
+    assert method.consistency_weight == args.consistency_weight
+    assert method.decoder_prediction_weight == args.decoder_prediction_weight > 0
+    assert method.cross_decoder_predictor.net[0].out_features == args.decoder_predictor_dim
+    assert method.norm_pix_loss == args.norm_pix_loss and method.gsd_encoding == args.gsd_encoding
+    assert method.decoder.decoder_dim == args.decoder_dim == 32
+
+    batch = next(iter(built.train_loader))
+    views = method.make_views(batch)
+    assert len(views) == 1 and views[0].shape == (32, 12, 16, 16)  # one view: the method makes the two scales
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for step in range(8):  # the same views and masks each step: the loss of a trainable model falls
+        torch.manual_seed(0)
+        loss, z, logs = method.ssl_loss(views, batch)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert z.shape == (32, method.embed_dim) == (32, 192)
+            assert loss.item() == pytest.approx(
+                (logs["loss_rec_1"] + logs["loss_rec_2"] + args.consistency_weight * logs["loss_consistency"]
+                 + args.decoder_prediction_weight * logs["loss_cross_decoder"]).item(), rel=1e-5)
+            untrained = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+            assert untrained == []  # encoder, decoder, both predictors all get gradients
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 @pytest.mark.parametrize("gsd_encoding", [False, True])
@@ -270,7 +305,7 @@ def test_trains_and_checkpoint_evaluates_like_the_run(tiny_world, tiny_mim_confi
     result = pretrain(cfg)
     assert result["steps"] >= 2
     in_run = result["eval"]["random"]["metrics"]["knn"]
-    backbone, saved = load_backbone_from_checkpoint(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
+    backbone, saved = load_encoder(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
     assert backbone(torch.randn(2, backbone.in_chans, 16, 16)).shape == (2, 192)
     if gsd_encoding:  # the frozen native encoding travels with the checkpoint
         assert torch.allclose(backbone.model.pos_embed[0, 1:], sincos_pos_embed(192, 4), atol=1e-6)

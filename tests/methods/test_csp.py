@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ssl_rs.backbones import create_backbone
-from ssl_rs.config import load_config
+from ssl_rs.config import load_config, packaged_config_dir
 from ssl_rs.errors import ConfigError
 from ssl_rs.methods.csp import (
     CSP,
@@ -27,7 +27,7 @@ from ssl_rs.methods.location_encoders import (
 )
 from ssl_rs.train import build, pretrain
 
-CONFIGS = Path(__file__).resolve().parents[2] / "zoo_configs" / "synthetic"
+CONFIGS = packaged_config_dir() / "synthetic"
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "csp_reference.pt"
 
 
@@ -221,7 +221,7 @@ def test_trains_and_reloads_the_location_encoder(tiny_world, tmp_path, extra):
     ckpt = Path(result["run_dir"]) / "checkpoints" / "last.ckpt"
     encoder = load_location_encoder_from_checkpoint(ckpt)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    method = build(cfg)["method"]
+    method = build(cfg).method
     method.load_state_dict(state)
     lat, lon = torch.tensor([12.5, -33.0], dtype=torch.float64), torch.tensor([100.0, -70.0], dtype=torch.float64)
     with torch.no_grad():
@@ -234,12 +234,12 @@ def test_frozen_image_encoder_stays_fixed(tiny_world, tmp_path):
     cfg = tiny_config(tiny_world, tmp_path, "method.args.freeze_image_encoder=true",
                       "method.args.location_encoder=rff")
     built = build(cfg)
-    method = built["method"]
+    method = built.method
     before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
     proj = method.image_projection.weight.detach().clone()
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         limit_val_batches=0, enable_model_summary=False)
-    trainer.fit(method, built["train_loader"])
+    trainer.fit(method, built.train_loader)
     changed = [k for k, v in method.backbone.state_dict().items() if not torch.equal(before[k], v)]
     assert changed == []
     assert not torch.equal(proj, method.image_projection.weight)

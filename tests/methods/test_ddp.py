@@ -18,10 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssl_rs.backbones import create_backbone
-from ssl_rs.methods.csp import image_location_info_nce
+from ssl_rs.config import packaged_config_dir
+from ssl_rs.methods.losses import image_location_info_nce
 from ssl_rs.methods.simclr import SimCLR
 
-REPO = Path(__file__).resolve().parents[2]
 GLOBAL_BATCH, C, S = 8, 4, 16
 
 
@@ -57,6 +57,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gathered_loss_equals_single_process_loss(tmp_path):
     out = tmp_path / "ddp.json"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
@@ -92,6 +93,7 @@ def _info_nce_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_csp_and_cross_scale_info_nce_gather_negatives(tmp_path):
     out = tmp_path / "nce.json"
     mp.spawn(_info_nce_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
@@ -105,13 +107,15 @@ def test_csp_and_cross_scale_info_nce_gather_negatives(tmp_path):
     assert sum(halves) / 2 != pytest.approx(float(single.detach()), rel=1e-3)  # per-device negatives would differ
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, steps", [
     ("mocov2", (84 // 2) // 16),  # each process takes half of the 84 training samples
     ("mocov2_tile2vec", (84 // 8) // 2),  # 8 anchors per batch of 16; the batches alternate between processes
 ])
 def test_lightning_ddp_pretrain_completes(tiny_world, tmp_path, config, steps):
     cmd = [
-        sys.executable, "-m", "ssl_rs.cli", "pretrain", "-c", str(REPO / f"zoo_configs/synthetic/{config}.yaml"),
+        sys.executable, "-m", "ssl_rs.cli", "pretrain", "-c",
+        str(packaged_config_dir() / "synthetic" / f"{config}.yaml"),
         f"data.path={tiny_world}", f"output.dir={tmp_path}", "output.name=ddp", "trainer.max_epochs=1",
         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=16",
         "data.num_workers=0", "trainer.progress_bar=false", "backbone.args.width=8", "method.args.queue_size=64",

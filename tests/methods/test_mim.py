@@ -19,16 +19,17 @@ from ssl_rs.data.bands import S2_BANDS
 from ssl_rs.errors import ConfigError
 from ssl_rs.methods.mae import MAE
 from ssl_rs.methods.satmae import S2_GROUPS, SatMAE, group_token_errors, resolve_band_groups
-from ssl_rs.methods.scalemae import ScaleMAE, frequency_targets, random_square_crops, reference_frequency_targets
+from ssl_rs.methods.crops import random_square_crops
+from ssl_rs.methods.losses import masked_patch_mse, normalize_patches
+from ssl_rs.methods.scalemae import ScaleMAE, frequency_targets, reference_frequency_targets
 from ssl_rs.methods.vit_utils import (
     encode_visible,
-    masked_patch_mse,
-    normalize_patches,
     num_masked,
     random_patch_mask,
     sincos_pos_embed,
 )
-from ssl_rs.train import load_backbone_from_checkpoint, pretrain
+from ssl_rs.checkpoint import load_encoder
+from ssl_rs.train import pretrain
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -149,12 +150,12 @@ def test_scalemae_encoding_changes_with_gsd():
 
 
 def test_scalemae_refuses_views_cropped_elsewhere():
-    import ssl_rs.augmentations  # noqa: F401  (fills the registry)
     from ssl_rs.registry import AUGMENTATIONS
 
     geometric = AUGMENTATIONS.create("geometric", size=16, mean=[0.0] * 3, std=[1.0] * 3, n_views=1)
+    method = ScaleMAE(vit(3), augmentation=geometric, **tiny_decoder())
     with pytest.raises(ConfigError, match="augmentation.name: eval"):
-        ScaleMAE(vit(3), augmentation=geometric, **tiny_decoder())
+        method.check_contract({"image", "lat", "lon"})
 
 
 def test_scalemae_backbone_forward_uses_the_native_gsd_encoding():
@@ -263,7 +264,7 @@ def test_trains_a_few_steps_and_checkpoint_rebuilds_the_encoder(tiny_world, tiny
     result = pretrain(cfg, evaluate_after=False)
     assert result["steps"] >= 2
     ckpt = Path(result["run_dir"]) / "checkpoints" / "last.ckpt"
-    backbone, _ = load_backbone_from_checkpoint(ckpt)
+    backbone, _ = load_encoder(ckpt)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(backbone.model.pos_embed, state["backbone.model.pos_embed"])
     assert backbone(torch.randn(2, backbone.in_chans, 16, 16)).shape == (2, 192)
@@ -337,14 +338,13 @@ def test_satmae_trains_and_checkpoint_encoder_rebuilds(tiny_world, tiny_mim_conf
     assert result["steps"] >= 2
     ckpt = torch.load(Path(result["run_dir"]) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     plain = create_backbone("vit_tiny", in_chans=len(ckpt["ssl_rs_bands"]), **ckpt["ssl_rs_config"]["backbone"]["args"])
-    encoder = SatMAE.checkpoint_encoder(plain, ckpt["ssl_rs_config"]["method"]["args"], ckpt["ssl_rs_bands"])
+    encoder = SatMAE.inference_encoder(plain, ckpt["ssl_rs_config"]["method"]["args"], ckpt["ssl_rs_bands"])
     prefix = "backbone."
     encoder.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)})
     assert encoder.eval()(torch.randn(2, len(ckpt["ssl_rs_bands"]), 16, 16)).shape == (2, 192)
 
 
 def test_satmae_temporal_views_share_one_crop_and_tokens_cover_both_dates():
-    import ssl_rs.augmentations  # noqa: F401  (fills the registry)
     from ssl_rs.registry import AUGMENTATIONS
 
     torch.manual_seed(0)
@@ -372,8 +372,9 @@ def test_satmae_temporal_views_share_one_crop_and_tokens_cover_both_dates():
         assert loss_with_date2_changed_at(keep[0]) == pytest.approx(float(base), rel=1e-6)
         assert loss_with_date2_changed_at(mask[0]) != pytest.approx(float(base), rel=1e-3)
     assert z.shape == (2, 192)
-    with pytest.raises(ConfigError, match="temporal_positives"):
-        method.make_views({"image": image})
+    with pytest.raises(ConfigError, match="needs 'image_positive': set data.temporal_positives=true"):
+        method.check_contract({"image", "lat", "lon", "group"})
+    method.check_contract({"image", "lat", "lon", "group", "image_positive"})
 
 
 def test_satmae_temporal_trains_on_two_dates(tmp_path, tiny_mim_config):

@@ -222,9 +222,10 @@ def test_a_step_from_a_batch_logs_its_pair_statistics():
 
 
 def test_refuses_bad_settings():
-    with pytest.raises(ConfigError, match="set augmentation.name=eval"):
-        NeighborMAE(create_backbone("vit_tiny", in_chans=3, img_size=16, patch_size=4, depth=1),
-                    augmentation=geometric(size=16, mean=[0.0] * 3, std=[1.0] * 3, n_views=1))
+    cropping = NeighborMAE(create_backbone("vit_tiny", in_chans=3, img_size=16, patch_size=4, depth=1),
+                           augmentation=geometric(size=16, mean=[0.0] * 3, std=[1.0] * 3, n_views=1))
+    with pytest.raises(ConfigError, match="augmentation.name: eval"):
+        cropping.check_contract({"image", "image_neighbor", "neighbor_offset"})
     with pytest.raises(ConfigError, match="mask_ratio_min 0.9 > mask_ratio_max 0.8"):
         tiny_method(mask_ratio_min=0.9, mask_ratio_max=0.8)
     with pytest.raises(ConfigError, match="weight_kernel must be an odd"):
@@ -234,15 +235,17 @@ def test_refuses_bad_settings():
     with pytest.raises(ConfigError, match="needs a ViT"):
         NeighborMAE(create_backbone("tiny_cnn", in_chans=3))
     method = tiny_method()
-    with pytest.raises(ConfigError, match="set data.neighbor_pairs=true"):
-        method.make_views({"image": torch.zeros(2, 3, 16, 16)})
+    with pytest.raises(ConfigError, match="needs 'image_neighbor': set data.neighbor_pairs=true"):
+        method.check_contract({"image", "lat", "lon"})
+    method.check_contract({"image", "image_neighbor", "neighbor_offset"})
 
 
 def test_trains_on_real_neighbours_and_its_checkpoint_evaluates(tmp_path, tiny_mim_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ssl_rs.data.synth import synthesize
-    from ssl_rs.train import load_backbone_from_checkpoint, pretrain
+    from ssl_rs.checkpoint import load_encoder
+    from ssl_rs.train import pretrain
 
     world = synthesize(tmp_path / "tiles.h5", n=128, size=16, seed=3, num_classes=4, tiles=2, progress=False)
     cfg = tiny_mim_config(world, "neighbormae")
@@ -258,6 +261,6 @@ def test_trains_on_real_neighbours_and_its_checkpoint_evaluates(tmp_path, tiny_m
     # siblings all went to val/test, so nearly every pair is real and most crops overlap little
     assert min(scalars["train/has_neighbor"]) > 0.8
     ckpt = Path(result["run_dir"]) / "checkpoints" / "last.ckpt"
-    backbone, _ = load_backbone_from_checkpoint(ckpt)
+    backbone, _ = load_encoder(ckpt)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(backbone.model.pos_embed, state["backbone.model.pos_embed"])

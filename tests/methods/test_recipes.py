@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 
 from ssl_rs.cli import main
+from ssl_rs.config import packaged_config_dir
 from ssl_rs.errors import ConfigError
 from ssl_rs.methods import BaseMethod, OptimRecipe
 from ssl_rs.methods.base import clip_each_parameter
 from ssl_rs.registry import METHODS
 
-import ssl_rs.methods  # noqa: F401  (fill the registry)
 
-REPO = Path(__file__).resolve().parents[2]
 BATCH = 32
 
 # What each zoo config's run must get: optimiser class, peak lr (per global batch of 32),
@@ -73,7 +70,7 @@ def test_zoo_config_recipe_reaches_the_optimizer(method, tiny_world, tmp_path, r
     extra = ["method.args.queue_size=64"] if method == "mocov2" else []
     if method == "neighbormae":
         extra += ["data.neighbor_pairs=true"]
-    code = main(["pretrain", "-c", str(REPO / "zoo_configs" / "synthetic" / f"{method}.yaml"),
+    code = main(["pretrain", "-c", str(packaged_config_dir() / "synthetic" / f"{method}.yaml"),
                  f"data.path={tiny_world}", f"output.dir={tmp_path}", f"data.batch_size={BATCH}",
                  "data.num_workers=0", "trainer.max_epochs=1",
                  "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0", "eval.schemes=null",
@@ -106,7 +103,7 @@ def test_zoo_config_recipe_reaches_the_optimizer(method, tiny_world, tmp_path, r
 def test_dino_run_shows_adamw_and_weight_decay_schedule_in_tensorboard(tiny_world, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    code = main(["pretrain", "-c", str(REPO / "zoo_configs" / "synthetic" / "dino.yaml"),
+    code = main(["pretrain", "-c", str(packaged_config_dir() / "synthetic" / "dino.yaml"),
                  f"data.path={tiny_world}", f"output.dir={tmp_path}", f"data.batch_size={BATCH}",
                  "data.num_workers=0", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
                  "backbone.args.width=8", "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0",
@@ -142,7 +139,7 @@ def test_per_parameter_clipping_is_dino_clip_gradients():
 
 def test_paper_setting_config_trains_moco_as_the_georank_authors(tiny_world, tmp_path, recorded):
     """LARS at a constant lr 0.4 (unscaled), weight decay on every parameter, one direction."""
-    code = main(["pretrain", "-c", str(REPO / "zoo_configs" / "ssl4eo" / "mocov2.yaml"),
+    code = main(["pretrain", "-c", str(packaged_config_dir() / "ssl4eo" / "mocov2.yaml"),
                  f"data.path={tiny_world}", f"output.dir={tmp_path}", "data.batch_size=32", "data.bands=null",
                  "data.num_workers=0", "augmentation.size=16", "backbone.name=tiny_cnn", "backbone.args.width=8",
                  "method.args.queue_size=64", "trainer.max_epochs=1",

@@ -20,8 +20,8 @@ from ssl_rs.backbones import create_backbone
 from ssl_rs.methods import momentum_schedule
 from ssl_rs.methods.dino import DINO
 from ssl_rs.methods.mae import MAE, patchify
-from ssl_rs.methods.vit_utils import (masked_patch_mse, normalize_patches, num_masked, random_patch_mask,
-                                     sincos_pos_embed)
+from ssl_rs.methods.losses import masked_patch_mse, normalize_patches
+from ssl_rs.methods.vit_utils import num_masked, random_patch_mask, sincos_pos_embed
 
 FIXTURES = Path(__file__).with_name("fixtures")
 DINO_REF = torch.load(FIXTURES / "dino_reference.pt", weights_only=True)

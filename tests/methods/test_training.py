@@ -10,17 +10,16 @@ import lightning as L
 import pytest
 import torch
 
-from ssl_rs.config import load_config
+from ssl_rs.config import load_config, packaged_config_dir
 from ssl_rs.errors import ConfigError, DataError
 from ssl_rs.geo.base import GeoRegularizer
 from ssl_rs.registry import METHODS, REGULARIZERS
-from ssl_rs.train import build, load_backbone_from_checkpoint, make_trainer, pretrain
+from ssl_rs.checkpoint import load_encoder
+from ssl_rs.train import build, pretrain
+from ssl_rs.trainer import make_trainer
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "zoo_configs" / "synthetic"
+CONFIGS = packaged_config_dir() / "synthetic"
 
-import ssl_rs.geo.regularizers  # noqa: E402,F401  (fill the registries)
-import ssl_rs.methods  # noqa: E402,F401
 
 TINY = {
     "mocov2": ["method.args.queue_size=64"],
@@ -46,6 +45,7 @@ def config(world, tmp_path, method="mocov2", regularizer=None, *extra):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regularizer", [None, *REGULARIZERS.names()])
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_x_regularizer_trains_one_epoch(tiny_world, tmp_path, method, regularizer):
@@ -66,30 +66,42 @@ class ConstantRegularizer(GeoRegularizer):
 def test_loss_mixes_ssl_and_geo_with_alpha(tiny_world, tmp_path):
     cfg = config(tiny_world, tmp_path, "simclr", None, "trainer.max_epochs=1")
     built = build(cfg)
-    method = built["method"]
+    method = built.method
     method.regularizer, method.alpha = ConstantRegularizer(), 0.3
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         limit_val_batches=0, enable_model_summary=False)
-    trainer.fit(method, built["train_loader"])
+    trainer.fit(method, built.train_loader)
     m = trainer.callback_metrics
     assert m["train/loss_geo"] == pytest.approx(3.0)
     assert m["train/loss"] == pytest.approx(0.7 * float(m["train/loss_ssl"]) + 0.3 * 3.0, rel=1e-5)
 
 
-def test_regularizer_needs_are_checked_before_training(tiny_world, tmp_path):
-    from ssl_rs.errors import ConfigError
+def test_regularizer_needs_are_checked_before_training(tiny_world, tmp_path, monkeypatch, capsys):
+    from ssl_rs.cli import main
 
-    class NeedsGroup(GeoRegularizer):
-        needs = frozenset({"group"})
-
-    with pytest.raises(ConfigError, match="needs group"):
-        NeedsGroup().check_needs({"image", "lat", "lon"}, "world.h5")
+    # a registered regularizer made to read `group`, which the tiny world (one date per place) lacks;
+    # through the CLI's pretrain: one line, exit 2, and no run directory (config, checkpoint) written
+    monkeypatch.setattr(REGULARIZERS.get("geobasic").factory, "needs", frozenset({"lat", "lon", "group"}))
+    fits = []
+    real_fit = L.Trainer.fit
+    monkeypatch.setattr(L.Trainer, "fit", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    runs = tmp_path / "runs"
+    code = main(["pretrain", "-c", str(CONFIGS / "mocov2.yaml"), f"data.path={tiny_world}", f"output.dir={runs}",
+                 "geo.name=geobasic", "data.batch_size=32", "data.num_workers=0", "trainer.max_epochs=1",
+                 "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0", "eval.schemes=null",
+                 "backbone.args.width=8", "method.args.queue_size=64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert fits == [], "the regularizer's needs were checked only once training had started"
+    assert not runs.exists(), sorted(str(p.relative_to(tmp_path)) for p in runs.rglob("*"))
+    assert len(err) == 1 and err[0].startswith("ssl-rs: error: ") and "needs group" in err[0], err
+    assert str(tiny_world) in err[0]
 
 
 def test_ema_update_after_each_step(tiny_world, tmp_path):
     cfg = config(tiny_world, tmp_path, "byol", None, "method.args.base_tau=0.9")
     built = build(cfg)
-    method = built["method"]
+    method = built.method
     seen = {}
 
     class Probe(L.Callback):
@@ -105,7 +117,7 @@ def test_ema_update_after_each_step(tiny_world, tmp_path):
 
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         limit_val_batches=0, callbacks=[Probe()], enable_model_summary=False)
-    trainer.fit(method, built["train_loader"])
+    trainer.fit(method, built.train_loader)
     tau = seen["tau"]
     assert tau == pytest.approx(0.9)  # the first update uses base_tau, as BYOL and solo-learn do
     for online, target, after in zip(seen["online"], seen["target"], seen["after"]):
@@ -131,8 +143,8 @@ def test_resume_matches_uninterrupted_run(tiny_world, tmp_path, method):
         trainer = make_trainer(cfg, run_dir, None)
         if stop:
             trainer.callbacks.append(StopAfter(stop))
-        trainer.fit(built["method"], built["train_loader"], ckpt_path=resume)
-        return built["method"], run_dir / "checkpoints" / "last.ckpt", trainer
+        trainer.fit(built.method, built.train_loader, ckpt_path=resume)
+        return built.method, run_dir / "checkpoints" / "last.ckpt", trainer
 
     full, _, t_full = run("full")
     _, last, t_half = run("half", stop=2)
@@ -152,7 +164,7 @@ def test_pretrain_writes_results_and_checkpoint_evaluates(tiny_world, tmp_path):
     assert set(knn) >= {"acc_macro", "acc_micro"}
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "config.yaml").is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    backbone, cfg_saved = load_backbone_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    backbone, cfg_saved = load_encoder(run_dir / "checkpoints" / "last.ckpt")
     assert cfg_saved["geo"]["name"] == "georank" and len(cfg_saved["data_bands"]) == 12
     from ssl_rs.evaluation.harness import evaluate
 
@@ -170,7 +182,7 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"ssl_rs_config": {}, "payload": Evil()}, path)
     with pytest.raises(ConfigError, match="not a loadable ssl-rs checkpoint"):
-        load_backbone_from_checkpoint(path)
+        load_encoder(path)
 
 
 def test_temporal_positives_with_ayush(tmp_path):
@@ -179,7 +191,7 @@ def test_temporal_positives_with_ayush(tmp_path):
     world = synthesize(tmp_path / "dates.h5", n=96, size=16, dates=3, seed=2, progress=False)
     cfg = config(world, tmp_path, "mocov2", "ayush", "data.temporal_positives=true")
     built = build(cfg)
-    batch = next(iter(built["train_loader"]))
+    batch = next(iter(built.train_loader))
     assert "image_positive" in batch and not torch.equal(batch["image"], batch["image_positive"])
     result = pretrain(cfg, evaluate_after=False)
     assert result["steps"] >= 2
@@ -196,6 +208,7 @@ def test_existing_run_is_not_overwritten_silently(tiny_world, tmp_path):
     assert pretrain(cfg, evaluate_after=False)["epochs"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["satmae", "scalemae", "neighbormae", "csp"])
 def test_checkpoint_of_non_contrastive_methods_evaluates_the_same(tiny_world, tmp_path, method):
     from ssl_rs.evaluation.harness import evaluate
@@ -203,7 +216,7 @@ def test_checkpoint_of_non_contrastive_methods_evaluates_the_same(tiny_world, tm
     cfg = config(tiny_world, tmp_path, method, None)
     result = pretrain(cfg)
     in_run = result["eval"]["random"]["metrics"]["knn"]
-    backbone, saved = load_backbone_from_checkpoint(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
+    backbone, saved = load_encoder(Path(result["run_dir"]) / "checkpoints" / "last.ckpt")
     again = evaluate(backbone, tiny_world, bands=saved["data_bands"], size=saved["augmentation"]["size"],
                      progress=False)["metrics"]["knn"]
     assert again == pytest.approx(in_run)

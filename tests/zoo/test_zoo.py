@@ -16,6 +16,7 @@ import ssl_rs.zoo.cache as cache_module
 import ssl_rs.zoo.weights as weights_module
 from ssl_rs.backbones import create_backbone
 from ssl_rs.cli import main
+from ssl_rs.config import packaged_config_dir
 from ssl_rs.data.bands import S2_BANDS, S2_BANDS_L2A
 from ssl_rs.errors import ConfigError, DataError
 from ssl_rs.zoo import (
@@ -31,7 +32,6 @@ from ssl_rs.zoo import (
 )
 from ssl_rs.zoo.weights import WeightsEntry, WeightsZoo
 
-REPO = Path(__file__).resolve().parents[2]
 B10 = S2_BANDS.index("B10")
 
 
@@ -302,12 +302,11 @@ def test_weights_for_another_backbone_are_refused(file_server, ssl_rs_home, entr
 # ----------------------------------------------------------------------------- export
 @pytest.fixture(scope="module")
 def tiny_run(tiny_world, tmp_path_factory) -> Path:
-    import ssl_rs.methods  # noqa: F401  (fill the registries)
     from ssl_rs.config import load_config
     from ssl_rs.train import pretrain
 
     runs = tmp_path_factory.mktemp("runs")
-    cfg = load_config(REPO / "zoo_configs/synthetic/mocov2.yaml", [
+    cfg = load_config(packaged_config_dir() / "synthetic" / "mocov2.yaml", [
         f"data.path={tiny_world}", f"output.dir={runs}", "data.batch_size=32", "data.num_workers=0",
         "trainer.max_epochs=1", "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0",
         "backbone.args.width=8", "eval.schemes=null", "method.args.queue_size=64",
@@ -316,7 +315,7 @@ def tiny_run(tiny_world, tmp_path_factory) -> Path:
 
 
 def test_export_round_trip_gives_identical_features(tiny_run, tmp_path, monkeypatch):
-    from ssl_rs.train import load_backbone_from_checkpoint
+    from ssl_rs.checkpoint import load_encoder
 
     out = export_run(tiny_run, tmp_path / "release")
     entry = out["entry"]
@@ -326,7 +325,7 @@ def test_export_round_trip_gives_identical_features(tiny_run, tmp_path, monkeypa
     assert entry.metrics and all(k.startswith("random/knn_") for k in entry.metrics)
     assert entry.normalization["type"] == "standardize" and len(entry.normalization["mean"]) == 12
 
-    original, cfg = load_backbone_from_checkpoint(tiny_run / "checkpoints" / "last.ckpt")
+    original, cfg = load_encoder(tiny_run / "checkpoints" / "last.ckpt")
     exported = load_backbone(str(weights))
     assert exported.bands == cfg["data_bands"] and not exported.training
     x = torch.randn(4, 12, 16, 16)

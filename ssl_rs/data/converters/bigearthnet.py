@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ...errors import ConfigError, DataError
 from ..bands import S2_BANDS_L2A
 from ..layout import H5Writer
+from .base import CONVERTERS, Converter, Option
 from .geotiff import band_files, stack_bands
 
 PATCH_SIZE = 120  # px on the 10 m grid
@@ -185,3 +186,11 @@ def convert_bigearthnet(src: Path, out: Path, *, labels: str = "43", progress: b
                 name=patch.name,
             )
     return Path(out)
+
+
+CONVERTERS.register(Converter(
+    "bigearthnet",
+    "BigEarthNet-S2 v1.0: 12-band 120x120 L2A patches, multi-label CORINE (43 or 19 classes)",
+    convert_bigearthnet,
+    (Option("labels", str, "43", "CORINE nomenclature: 43 original classes or 19 classes", NOMENCLATURES),),
+))

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ...errors import DataError
 from ..bands import S2_BANDS, band_indices
 from ..layout import H5Writer
+from .base import CONVERTERS, Converter
 from .geotiff import open_geotiff, raster_center_latlon
 
 # Band order inside EuroSAT-MS files: B8A is stored LAST (after B12), not after B08.
@@ -71,3 +72,10 @@ def convert_eurosat(src: Path, out: Path, *, progress: bool = True) -> Path:
                 lat, lon = raster_center_latlon(ds)
             writer.append(image, lat=lat, lon=lon, label=class_names.index(cls), name=path.stem, split=split)
     return Path(out)
+
+
+CONVERTERS.register(Converter(
+    "eurosat-ms",
+    "EuroSAT-MS: 13-band 64x64 L1C patches, 10 classes, split from train/test folders",
+    convert_eurosat,
+))

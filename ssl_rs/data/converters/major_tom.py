@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ...errors import ConfigError, DataError
 from ..bands import S2_BANDS_L2A
 from ..layout import H5Writer
+from .base import CONVERTERS, Converter, Option
 from .geotiff import band_files, check_aligned, open_geotiff, stack_bands
 
 GSD = 10.0
@@ -142,3 +143,15 @@ def convert_major_tom(
                     patch = image[:, y : y + patch_size, x : x + patch_size]
                     writer.append(patch, lat=float(lat[r, c]), lon=float(lon[r, c]), time=day, name=f"{cell}_{r}_{c}")
     return Path(out)
+
+
+CONVERTERS.register(Converter(
+    "major-tom",
+    "Major-TOM Core-S2L2A: 1068x1068 grid cells cut into patches, 12 L2A bands",
+    convert_major_tom,
+    (
+        Option("patch_size", int, 128, "side of the patches cut from each cell (px)"),
+        Option("max_cloud", float, 1.0, "skip patches with a larger cloud fraction (0..1; 1 keeps all)"),
+        Option("stride", int, None, "px between patch corners: < patch_size overlaps; default patch_size"),
+    ),
+))

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ...errors import ConfigError, DataError
 from ..bands import S2_BANDS, S2_BANDS_L2A
 from ..layout import H5Writer
+from .base import CONVERTERS, Converter, Option
 from .geotiff import band_files, open_geotiff, stack_bands
 
 # product -> (folder in the distribution, bands it has)
@@ -86,3 +87,14 @@ def convert_ssl4eo(
             lat, lon = grid.center_latlon(top, left, out_size[0], out_size[1])
             writer.append(image, lat=lat, lon=lon, time=day, group=location, name=f"{folder.parent.name}/{folder.name}")
     return Path(out)
+
+
+CONVERTERS.register(Converter(
+    "ssl4eo-s12",
+    "SSL4EO-S12: 264x264 patches, several dates per location (group), L1C or L2A",
+    convert_ssl4eo,
+    (
+        Option("product", str, "L1C", "L1C (s2c, 13 bands) or L2A (s2a, 12 bands)", tuple(PRODUCTS)),
+        Option("size", int, None, "centre crop to this many pixels (e.g. 256); default: full 264"),
+    ),
+))

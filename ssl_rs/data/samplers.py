@@ -1,9 +1,15 @@
-"""Batches that contain geographic neighbours, so in-batch Tile2Vec triplets exist.
+"""The samplers a pretraining's loaders draw with.
 
-Random batches from a world-wide dataset almost never hold two samples within ~15 km of each
-other. :class:`GeoNeighborBatchSampler` builds each batch from random anchors, each bringing
-some of its neighbours (found once with a haversine ``BallTree``), then tops the batch up with
-random samples, which serve as distant samples.
+- :class:`SeededRandomSampler`: the training order, from (seed, epoch) only, so a resumed run
+  visits the samples in the order an uninterrupted one would.
+- :class:`GeoNeighborBatchSampler` (``data.sampler: geo_neighbors``): batches that contain
+  geographic neighbours, so in-batch Tile2Vec triplets exist. Random batches from a world-wide
+  dataset almost never hold two samples within ~15 km of each other; this sampler builds each
+  batch from random anchors, each bringing some of its neighbours (found once with a haversine
+  ``BallTree``), then tops the batch up with random samples, which serve as distant samples.
+  It shards itself across DDP processes.
+- :class:`RankShardSampler`: the monitoring loaders' share of a process, for runs whose
+  training loader shards itself (Lightning must then inject no samplers).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
@@ -19,6 +26,55 @@ from ..errors import ConfigError
 from ..geodesy import EARTH_RADIUS_KM
 
 log = logging.getLogger(__name__)
+
+
+def process_shard() -> Tuple[int, int]:
+    """(world size, rank) of this process: ``torch.distributed``'s once initialised, else (1, 0).
+    Samplers read it when they are iterated, because Lightning initialises ``torch.distributed``
+    after the DataLoaders are built."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class SeededRandomSampler(Sampler[int]):
+    """A shuffling sampler whose order depends only on (seed, epoch), so a resumed run
+    visits the samples in the same order as an uninterrupted one (Lightning calls set_epoch)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class RankShardSampler(Sampler[int]):
+    """This process's share of ``0..n-1`` in order, padded to equal shares like
+    ``DistributedSampler(shuffle=False)``; the rank is read when iterating (after Lightning has
+    initialised ``torch.distributed``). For the monitoring loaders of runs whose training loader
+    shards itself (the ``geo_neighbors`` batch sampler), where Lightning must not inject samplers."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    @staticmethod
+    def shard() -> Tuple[int, int]:
+        return process_shard()
+
+    def __iter__(self) -> Iterator[int]:
+        world, rank = self.shard()
+        padded = [i % self.n for i in range(len(self) * world)]
+        return iter(padded[rank::world])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.shard()[0])
 
 
 class AnchorOrder(Sampler[int]):
@@ -129,9 +185,7 @@ class GeoNeighborBatchSampler(Sampler[List[int]]):
         """(world size, rank) this sampler draws for."""
         if self.num_replicas is not None:
             return self.num_replicas, self.rank
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size(), dist.get_rank()
-        return 1, 0
+        return process_shard()
 
     def total_batches(self) -> int:
         """Batches of one epoch over all processes."""

@@ -1,0 +1,106 @@
+"""The Lightning ``Trainer`` a pretraining runs in (:func:`make_trainer`), and the one way to
+quiet Lightning's logging (:func:`quiet_lightning`).
+
+Lightning is imported only when a trainer is made, so that the bench runner can import
+:func:`quiet_lightning` without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Optional, Tuple
+
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import Callback
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> ContextManager[None]:
+    """Quiet Lightning, in two degrees.
+
+    Calling it drops, for the rest of the process, what users cannot act on: Lightning's adverts
+    and the deprecation noise of its own internals; its useful lines (devices, checkpoints) stay.
+    Every trainer does this (:func:`make_trainer`).
+
+    Used as a context manager (``with quiet_lightning(): ...``), it also mutes Lightning's per-run
+    chatter for the block: its INFO lines (devices, "fit stopped") and its warnings about a missing
+    val loader (online k-NN off) or few DataLoader workers. That is for callers that print one
+    progress line per run, which the chatter would bury (the bench runner). Lightning's other
+    warnings and its errors still show; the log levels and warning filters come back at the end
+    of the block."""
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) for f in logger.filters):
+            logger.addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+    # the online k-NN is computed on features gathered from every process, so syncing it is moot
+    warnings.filterwarnings("ignore", message=r".*self\.log\('val/knn_.*sync_dist=True.*")
+    return _per_run_chatter_muted()
+
+
+@contextlib.contextmanager
+def _per_run_chatter_muted() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith("lightning")] + [logging.getLogger("lightning.pytorch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_per_epoch: Optional[int] = None,
+                 extra_callbacks: Tuple["Callback", ...] = ()) -> "Trainer":
+    """The trainer of ``cfg.trainer``, logging to ``run_dir/tb`` and checkpointing to
+    ``run_dir/checkpoints``: ``last.ckpt`` at the end of every epoch, and ``best.ckpt`` by the
+    ``monitor`` metric (the online k-NN) when there is one."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    quiet_lightning()
+    t = cfg.trainer
+    log_every = min(t.log_every_n_steps, steps_per_epoch) if steps_per_epoch else t.log_every_n_steps
+    precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() and t.accelerator != "cpu" else "32-true")
+    ckpt_dir = run_dir / "checkpoints"
+    # Lightning saves `save_last` only together with a top-k checkpoint, so "last" is its own
+    # callback, written at the end of every epoch (what --resume needs).
+    callbacks: List["Callback"] = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                                  save_on_train_epoch_end=True, enable_version_counter=False)]
+    if monitor:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max",
+                                         save_top_k=1, enable_version_counter=False))
+    callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += list(extra_callbacks)
+    kwargs: Dict[str, Any] = dict(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, precision=precision, log_every_n_steps=max(1, log_every),
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
+        callbacks=callbacks, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        check_val_every_n_epoch=max(1, t.knn_every_n_epochs), num_sanity_val_steps=0,
+        enable_model_summary=False,
+        # GeoNeighborBatchSampler splits its batches across processes itself (Lightning cannot
+        # rebuild it around a DistributedSampler), and the monitoring loaders then use RankShardSampler
+        use_distributed_sampler=cfg.data.sampler != "geo_neighbors",
+    )
+    if t.limit_train_batches is not None:
+        kwargs["limit_train_batches"] = t.limit_train_batches
+    return L.Trainer(**kwargs)
