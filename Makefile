@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pip's own index is used for everything; torch is whatever build pip resolves (unpinned).
 
-.PHONY: demo test test-fast venv clean bench
+.PHONY: demo test test-fast venv clean bench gpu-check
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py
 	$(PY) benchmarks/bench_augment.py
 	$(PY) benchmarks/bench_georank_loss.py
+
+# the GPU check (docs/benchmarks.md, "GPU check"): on a CUDA machine; `make gpu-check ARGS=--dry-run` anywhere
+gpu-check: $(STAMP)
+	GPU_CHECK_PYTHON=$(PY) bash benchmarks/gpu_check.sh $(ARGS)
 
 clean:
 	rm -rf demo_out runs .pytest_cache

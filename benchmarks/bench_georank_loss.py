@@ -1,24 +1,38 @@
 """Benchmark: ssl-rs GeoRank loss (forward + backward) versus the authors' ``SoftRankLoss``.
 
 Times one training-step call (loss and d loss / d z) on B embeddings of ``--dim`` dimensions
-(float32, as in training) with locations in a Europe-sized box, for several batch sizes, on CPU
-and on CUDA when present. With ``--reference /path/to/georank`` (a checkout of
-https://github.com/tomburgert/georank, importable when numpy, scipy, numba and haversine are
-installed; ``lightly`` is stubbed if absent) it also times the authors' implementation on the
-same CPU and checks that both give the same loss and gradient (in float64, with the margin test
-pinned as in ``tests/geo/fixtures``). Prints a markdown table; times are the best of
-``--repeats`` back-to-back calls after a warm-up call.
+(float32, as in training) with locations in a Europe-sized box, at each soft-rank strength
+(``--strengths``, default the paper's 0.001 and the synthetic configs' 1.0) and each number of
+torch CPU threads (``--threads``, default 1 and 2). Every call gets a new batch (fresh ``lat`` /
+``lon`` tensors), so ssl-rs computes its distance ranks in every call, as in training.
 
-    python benchmarks/bench_georank_loss.py [--reference /path/to/georank] [--sizes 128,256,512,1024]
-        [--dim 128] [--repeats 5] [--threads N] [--no-cuda]
+With ``--reference /path/to/georank`` (a checkout of https://github.com/tomburgert/georank,
+importable when numpy, scipy, numba and haversine are installed; ``lightly`` is stubbed if
+absent) the authors' implementation is timed in the same process, interleaved with ssl-rs, and
+both are checked to give the same loss and gradient (in float64, with the margin test pinned as
+in ``tests/geo/fixtures``). Where torchsort is installed, ssl-rs with ``soft_rank_backend=
+"torchsort"`` is timed too. ``--device cuda`` times ssl-rs on the GPU instead (the authors'
+soft rank runs on the CPU only).
 
-On a shared machine, ``--threads 1`` gives steadier numbers: multi-threaded torch operations
-slow down sharply when another process holds the cores.
+How it measures: after one warm-up call each, ``--repeats`` rounds in which every implementation
+is called once, in turn (interleaved, so that a busy spell of a shared machine hits all of them);
+the table gives the median wall time and the median CPU time of the process (``process_time``)
+per call, and the speed-ups as ratios of medians. On a machine shared with other jobs, the CPU
+time of a one-thread run is the steadier measure. With two threads, every multi-threaded torch
+operation waits for its second thread; OpenMP's default (active) waiting then costs about a
+scheduler time slice per operation on a loaded machine, and ``OMP_WAIT_POLICY=PASSIVE`` (set
+before the run; the header shows it) avoids most of that.
+
+    python benchmarks/bench_georank_loss.py [--reference /path/to/georank] [--sizes 512]
+        [--strengths 0.001,1.0] [--threads 1,2] [--dim 128] [--repeats 7] [--device cpu|cuda] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
 import sys
 import time
 import types
@@ -31,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_rs.geodesy import pairwise_haversine_km  # noqa: E402
 from ssl_rs.geo.georank import GeoRank, off_diagonal  # noqa: E402
+from ssl_rs.geo.soft_rank import torchsort_available  # noqa: E402
 
-TEMPERATURE, STRENGTH, MAX_KM, MARGIN = 0.04, 0.001, 3000.0, 1.0
+TEMPERATURE, MAX_KM, MARGIN = 0.04, 3000.0, 1.0
 
 
 def import_reference(repo: Path):
@@ -62,14 +77,17 @@ def make_batch(b: int, dim: int, seed: int = 0):
     return z, lat, lon
 
 
-def ours_step(z: np.ndarray, lat: np.ndarray, lon: np.ndarray, device: str, dtype=torch.float32):
-    module = GeoRank(temperature=TEMPERATURE, regularization_strength=STRENGTH, max_km=MAX_KM, margin=MARGIN)
+def ours_step(z: np.ndarray, lat: np.ndarray, lon: np.ndarray, device: str, strength: float,
+              dtype=torch.float32, backend: str = "torch"):
+    module = GeoRank(temperature=TEMPERATURE, regularization_strength=strength, max_km=MAX_KM, margin=MARGIN,
+                     soft_rank_backend=backend)
     z0 = torch.tensor(z, dtype=dtype, device=device)
-    batch = {"lat": torch.tensor(lat, device=device), "lon": torch.tensor(lon, device=device)}
+    lat0, lon0 = torch.tensor(lat, device=device), torch.tensor(lon, device=device)
 
     def step():
         zt = z0.clone().requires_grad_(True)
-        loss = module(zt, batch)
+        # a new batch every call: the distance ranks are computed again, as in training
+        loss = module(zt, {"lat": lat0.clone(), "lon": lon0.clone()})
         loss.backward()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -78,9 +96,10 @@ def ours_step(z: np.ndarray, lat: np.ndarray, lon: np.ndarray, device: str, dtyp
     return step
 
 
-def reference_step(utils, z: np.ndarray, lat: np.ndarray, lon: np.ndarray, dtype=torch.float32, margin=MARGIN):
+def reference_step(utils, z: np.ndarray, lat: np.ndarray, lon: np.ndarray, strength: float, dtype=torch.float32,
+                   margin=MARGIN):
     module = utils.SoftRankLoss(
-        temperature=TEMPERATURE, reg_strength=STRENGTH, min_dist_km=0, max_dist_km=MAX_KM, soft_margin=margin,
+        temperature=TEMPERATURE, reg_strength=strength, min_dist_km=0, max_dist_km=MAX_KM, soft_margin=margin,
         loss_type="mse", distance_measure="haversine",
     )
     z0 = torch.tensor(z, dtype=dtype)
@@ -95,32 +114,30 @@ def reference_step(utils, z: np.ndarray, lat: np.ndarray, lon: np.ndarray, dtype
     return step
 
 
-def best_times(fns: dict, repeats: int) -> dict:
-    """Best wall time of each function over ``repeats`` back-to-back calls after a warm-up.
-
-    Back to back, as in a training loop: interleaving a call of the other implementation
-    (which allocates and frees a lot of memory) costs the next call page faults, ~10 ms here.
-    Best, not mean: on a shared machine single runs vary a lot.
-    """
-    best = {}
-    for name, fn in fns.items():
+def interleaved_times(fns: dict, repeats: int) -> dict:
+    """Median wall and process-CPU seconds per call of each function: one warm-up call each, then
+    ``repeats`` rounds calling every function once, in turn."""
+    for fn in fns.values():
         fn()  # warm-up: numba compilation, thread pools, allocator, CUDA context
-        best[name] = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w, c = time.perf_counter(), time.process_time()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
 
 
-def agreement(utils, z, lat, lon) -> str:
+def agreement(utils, z, lat, lon, strength: float) -> str:
     """Loss and gradient differences in float64; the authors' margin is nudged by 1e-9 so that
     one-rank errors are zeroed deterministically, as ssl-rs does (see the fixture README).
 
     The reference ranks distances rounded to float32; the rows where that changes the ranks
     are counted, as they account for the remaining differences."""
-    loss_o, grad_o = ours_step(z, lat, lon, "cpu", torch.float64)()
-    loss_r, grad_r = reference_step(utils, z, lat, lon, torch.float64, MARGIN * (1 + 1e-9))()
+    loss_o, grad_o = ours_step(z, lat, lon, "cpu", strength, torch.float64)()
+    loss_r, grad_r = reference_step(utils, z, lat, lon, strength, torch.float64, MARGIN * (1 + 1e-9))()
     scale = max(grad_r.abs().max().item(), 1e-30)
     dist = off_diagonal(pairwise_haversine_km(torch.tensor(lat), torch.tensor(lon)))
     rank64 = torch.argsort(dist, dim=1, stable=True)
@@ -132,57 +149,88 @@ def agreement(utils, z, lat, lon) -> str:
     )
 
 
+def csv(text: str, kind=float) -> list:
+    return [kind(s) for s in text.split(",") if s.strip()]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, help="checkout of tomburgert/georank")
-    parser.add_argument("--sizes", default="128,256,512,1024")
+    parser.add_argument("--reference", type=Path, help="checkout of tomburgert/georank (timed on the CPU)")
+    parser.add_argument("--sizes", default="512", help="batch sizes B, comma-separated (default 512)")
+    parser.add_argument("--strengths", default="0.001,1.0", help="soft-rank strengths, comma-separated")
+    parser.add_argument("--threads", default="1,2", help="torch CPU thread counts, comma-separated")
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-cuda", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds after the warm-up (median)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where ssl-rs runs (the authors' soft rank is CPU-only; cuda: ssl-rs alone)")
+    parser.add_argument("--no-cuda", action="store_true", help="kept for old command lines: the default is the CPU")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    utils = import_reference(args.reference) if args.reference else None
-    cuda = torch.cuda.is_available() and not args.no_cuda
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    on_cuda = args.device == "cuda"
+    utils = import_reference(args.reference) if args.reference and not on_cuda else None
+    with_torchsort = torchsort_available() and not on_cuda
+    sizes, strengths, threads = csv(args.sizes, int), csv(args.strengths), csv(args.threads, int)
 
-    rows = []
-    for b in sizes:
-        z, lat, lon = make_batch(b, args.dim, seed=b)
-        fns = {"ours": ours_step(z, lat, lon, "cpu")}
-        if utils is not None:
-            fns["reference"] = reference_step(utils, z, lat, lon)
-        if cuda:
-            fns["cuda"] = ours_step(z, lat, lon, "cuda")
-        seconds = best_times(fns, args.repeats)
-        rows.append((b, seconds, agreement(utils, z, lat, lon) if utils is not None else None))
+    rows, agreements = [], {}
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for b in sizes:
+            z, lat, lon = make_batch(b, args.dim, seed=b)
+            for strength in strengths:
+                fns = {"ssl-rs": ours_step(z, lat, lon, args.device, strength)}
+                if with_torchsort:
+                    fns["torchsort"] = ours_step(z, lat, lon, "cpu", strength, backend="torchsort")
+                if utils is not None:
+                    fns["authors"] = reference_step(utils, z, lat, lon, strength)
+                times = interleaved_times(fns, args.repeats)
+                row = {"threads": n_threads, "B": b, "strength": strength,
+                       **{f"{k} wall ms": round(v[0] * 1e3, 2) for k, v in times.items()},
+                       **{f"{k} cpu ms": round(v[1] * 1e3, 2) for k, v in times.items()}}
+                if utils is not None:
+                    row["speed-up wall"] = round(times["authors"][0] / times["ssl-rs"][0], 2)
+                    row["speed-up cpu"] = round(times["authors"][1] / times["ssl-rs"][1], 2)
+                    if (b, strength) not in agreements:
+                        agreements[b, strength] = agreement(utils, z, lat, lon, strength)
+                    row["agreement"] = agreements[b, strength]
+                rows.append(row)
 
+    where = torch.cuda.get_device_name() if on_cuda else "CPU"
     print(
-        f"GeoRank forward + backward, z: B x {args.dim} float32, T={TEMPERATURE}, eps={STRENGTH}, "
-        f"max_km={MAX_KM:g}, margin={MARGIN:g}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-        f"best of {args.repeats}\n"
+        f"GeoRank forward + backward, z: B x {args.dim} float32 on {where}, T={TEMPERATURE}, max_km={MAX_KM:g}, "
+        f"margin={MARGIN:g}; torch {torch.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+        f"a new batch every call; median of {args.repeats} interleaved rounds after a warm-up (wall time, and "
+        f"CPU time of the process)\n"
     )
-    header = ["B", "ssl-rs CPU (ms)"]
+    header = ["threads", "B", "strength", "ssl-rs (ms)"]
+    if with_torchsort:
+        header += ["ssl-rs + torchsort (ms)"]
     if utils is not None:
-        header += ["authors CPU (ms)", "speed-up", "float64: loss rel. diff / grad max rel. diff / float32-rank rows"]
-    if cuda:
-        header += [f"ssl-rs CUDA (ms), {torch.cuda.get_device_name()}"]
+        header += ["authors (ms)", "speed-up", "ssl-rs CPU (ms)", "authors CPU (ms)", "speed-up (CPU time)",
+                   "float64: loss rel. diff / grad max rel. diff / float32-rank rows"]
+    else:
+        header += ["ssl-rs CPU (ms)"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for b, seconds, agree in rows:
-        cells = [str(b), f"{seconds['ours'] * 1e3:.1f}"]
+    for row in rows:
+        cells = [str(row["threads"]), str(row["B"]), f"{row['strength']:g}", f"{row['ssl-rs wall ms']:.1f}"]
+        if with_torchsort:
+            cells += [f"{row['torchsort wall ms']:.1f}"]
         if utils is not None:
-            cells += [f"{seconds['reference'] * 1e3:.1f}", f"{seconds['reference'] / seconds['ours']:.1f}x", agree]
-        if cuda:
-            cells += [f"{seconds['cuda'] * 1e3:.2f}"]
+            cells += [f"{row['authors wall ms']:.1f}", f"{row['speed-up wall']:.1f}x", f"{row['ssl-rs cpu ms']:.1f}",
+                      f"{row['authors cpu ms']:.1f}", f"{row['speed-up cpu']:.1f}x", row["agreement"]]
+        else:
+            cells += [f"{row['ssl-rs cpu ms']:.1f}"]
         print("| " + " | ".join(cells) + " |")
     if utils is not None:
         print(
             "\nThe last column compares both in float64 (margin edge pinned); the reference ranks distances rounded to"
             "\nfloat32, and the rows where that changes a rank (ties within ~0.2 m) explain the remaining differences."
         )
+    if args.json:
+        args.json.write_text(json.dumps({"device": where, "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

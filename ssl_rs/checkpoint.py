@@ -4,8 +4,11 @@ out of it.
 
 A training checkpoint (``RUN/checkpoints/{last,best}.ckpt``) is Lightning's dict plus
 
-    ssl_rs_config    the run's resolved config (plain types), written by :class:`RunMetadata`
-    ssl_rs_bands     the band names of the training data, in input order
+    ssl_rs_config          the run's resolved config (plain types), written by :class:`RunMetadata`
+    ssl_rs_bands           the band names of the training data, in input order
+    ssl_rs_normalization   how the training inputs were normalised, ``{"type": "standardize",
+                           "mean": [...], "std": [...]}`` (the data's band_mean / band_std, per
+                           band of ``ssl_rs_bands``); absent in checkpoints written before it existed
 
 The encoder that is scored and exported is the method's :meth:`evaluated_backbone`, stored under
 the method's :meth:`checkpoint_backbone_prefix` (``backbone.``; DINO's teacher
@@ -23,7 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -33,23 +36,57 @@ from .errors import ConfigError
 
 CONFIG_KEY = "ssl_rs_config"
 BANDS_KEY = "ssl_rs_bands"
+NORMALIZATION_KEY = "ssl_rs_normalization"
 #: kept for callers of the earlier name
 CHECKPOINT_CONFIG_KEY = CONFIG_KEY
 
 PathLike = Union[str, os.PathLike]
 
 
-class RunMetadata(Callback):
-    """Writes the run's resolved config and its data's band names into every checkpoint
-    Lightning saves (plain types only, so the file loads with ``weights_only=True``)."""
+def standardization(mean: Sequence[float], std: Sequence[float]) -> Dict[str, Any]:
+    """The normalisation record of inputs fed as ``(x - mean) / std`` per band (plain floats)."""
+    return {"type": "standardize", "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
-    def __init__(self, config: Mapping[str, Any], bands: List[str]):
+
+class RunMetadata(Callback):
+    """Writes the run's resolved config, its data's band names and (given ``mean`` / ``std``,
+    the training data's band statistics) its input normalisation into every checkpoint Lightning
+    saves (plain types only, so the file loads with ``weights_only=True``). The normalisation
+    travels with the weights, so loading them later needs neither the training file nor its
+    statistics to be unchanged."""
+
+    def __init__(self, config: Mapping[str, Any], bands: List[str], mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None):
         self.config = dict(config)
         self.bands = list(bands)
+        self.normalization: Optional[Dict[str, Any]] = None
+        if (mean is None) != (std is None):
+            raise ConfigError("RunMetadata: give both mean and std, or neither")
+        if mean is not None:
+            if not len(mean) == len(std) == len(self.bands):
+                raise ConfigError(f"RunMetadata: {len(self.bands)} bands but {len(mean)} means and {len(std)} stds")
+            self.normalization = standardization(mean, std)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
         checkpoint[BANDS_KEY] = list(self.bands)
+        if self.normalization is not None:
+            checkpoint[NORMALIZATION_KEY] = standardization(self.normalization["mean"], self.normalization["std"])
+
+
+def read_normalization(ckpt: Mapping[str, Any], n_bands: int) -> Optional[Dict[str, Any]]:
+    """The recorded input normalisation of a loaded checkpoint dict; None when it has none (a
+    checkpoint from before the key existed) or the record does not fit its ``n_bands`` bands."""
+    norm = ckpt.get(NORMALIZATION_KEY)
+    if not isinstance(norm, dict) or norm.get("type") != "standardize":
+        return None
+    mean, std = norm.get("mean"), norm.get("std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == n_bands):
+        return None
+    try:
+        return standardization(mean, std)
+    except (TypeError, ValueError):
+        return None
 
 
 def load_tensors_only(path: Path, prefix: str = "") -> Any:
@@ -74,6 +111,7 @@ class TrainingCheckpoint:
     state_dict: Dict[str, Tensor]
     config: Dict[str, Any]
     bands: List[str]
+    normalization: Optional[Dict[str, Any]] = None  # None: the checkpoint does not record it
 
     @property
     def method(self) -> str:
@@ -96,7 +134,8 @@ def read_training_checkpoint(path: PathLike, prefix: str = "") -> TrainingCheckp
     for section in ("method", "backbone"):
         if not isinstance(config.get(section), dict) or not isinstance(config[section].get("name"), str):
             raise ConfigError(f"{prefix}{p}: {CONFIG_KEY}.{section}.name: missing")
-    return TrainingCheckpoint(p, ckpt["state_dict"], config, list(ckpt.get(BANDS_KEY) or []))
+    bands = list(ckpt.get(BANDS_KEY) or [])
+    return TrainingCheckpoint(p, ckpt["state_dict"], config, bands, read_normalization(ckpt, len(bands)))
 
 
 def check_resume_checkpoint(path: PathLike, method_name: str) -> Dict[str, Tensor]:
@@ -155,13 +194,14 @@ def encoder_state(ckpt: TrainingCheckpoint) -> Dict[str, Tensor]:
 def load_encoder(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the evaluated encoder of a training checkpoint (tensors only, eval mode).
 
-    Returns the encoder and the run's config dict with ``data_bands`` added."""
+    Returns the encoder and the run's config dict with ``data_bands`` and ``data_normalization``
+    (the recorded input normalisation, None in checkpoints without one) added."""
     ckpt = read_training_checkpoint(path)
     cfg = ckpt.config
     encoder = build_encoder(cfg["backbone"]["name"], cfg["backbone"].get("args") or {}, ckpt.method,
                             ckpt.method_args, ckpt.bands)
     encoder.load_state_dict(encoder_state(ckpt))
-    return encoder.eval(), {**cfg, "data_bands": ckpt.bands}
+    return encoder.eval(), {**cfg, "data_bands": ckpt.bands, "data_normalization": ckpt.normalization}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""The ``ssl-rs`` command: data | eval | list (pretrain, zoo and bench join as they land).
+"""The ssl-rs command: pretrain, evaluate, convert data, fetch pretrained weights, run benchmarks.
 
 The CLI only parses arguments and calls library functions. Errors caused by input
-(:class:`~ssl_rs.errors.SslRsError`) are printed as one line and exit with status 2.
+(:class:`~ssl_rs.errors.SslRsError`) are printed as one line and exit with status 2. stdout
+carries only results (tables, JSON); progress and log lines go to stderr (:mod:`ssl_rs.progress`),
+so ``ssl-rs ... > out`` keeps the results alone.
 """
 
 from __future__ import annotations
@@ -106,11 +108,13 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     from .files import terminate_cleanly
 
     with terminate_cleanly():  # SIGTERM removes the partial output like Ctrl-C does
-        out = convert(args.format, args.src, args.output, **options)
+        out = convert(args.format, args.src, args.output, shard_size=args.shard_size, workers=args.workers,
+                      **options)
     from .data.layout import check_file
 
     info = check_file(out)
-    print(f"wrote {out}: {info['n']} samples, {len(info['bands'])} bands, {info['size'][0]}x{info['size'][1]} px")
+    shards = f" in {info['shards']} shards" if "shards" in info else ""
+    print(f"wrote {out}: {info['n']} samples{shards}, {len(info['bands'])} bands, {info['size'][0]}x{info['size'][1]} px")
     return 0
 
 
@@ -177,7 +181,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         return 0
     print(f"file      {info['file']}")
     print(f"source    {info['source']}")
-    print(f"samples   {info['n']}")
+    shards = f" in {info['shards']} shards" if "shards" in info else ""
+    print(f"samples   {info['n']}{shards}")
     print(f"bands     {len(info['bands'])}: {', '.join(info['bands'])}")
     print(f"size      {info['size'][0]} x {info['size'][1]} px at {info['gsd']} m")
     print(f"lat       {info['lat_range'][0]:.4f} .. {info['lat_range'][1]:.4f}")
@@ -220,18 +225,26 @@ def _check_output_file(path: str, option: str) -> None:
         raise ConfigError(f"{option}: cannot write {target} ({e.strerror or e})") from None
 
 
+#: ``ssl-rs eval <protocol>``: the harness protocol and what it does
+EVAL_PROTOCOLS = {"knn": "k-NN classification", "linear": "linear probe",
+                  "geo": "geo probes (similarity-distance correlation, location probe)"}
+#: harness parameter -> the option of the protocol command that offers it
+_PROTOCOL_OPTIONS = {"knn_k": "k", "knn_temperature": "temperature", "linear_epochs": "epochs"}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.harness import check_backbone_args, check_eval_options, default_device, evaluate
 
+    # the protocol's own options; the harness' defaults stand for those its command does not offer
+    own = {param: getattr(args, option) for param, option in _PROTOCOL_OPTIONS.items() if hasattr(args, option)}
     # Everything the user typed is checked before the (possibly long) evaluation runs.
-    check_eval_options(size=args.size, batch_size=args.batch_size, num_workers=args.workers, knn_k=args.k,
-                       knn_temperature=args.temperature, linear_epochs=args.epochs,
+    check_eval_options(size=args.size, batch_size=args.batch_size, num_workers=args.workers, **own,
                        names={"size": "--size", "batch_size": "--batch-size", "num_workers": "--workers",
                               "knn_k": "--k", "knn_temperature": "--temperature", "linear_epochs": "--epochs"})
     default_device(args.device, option="--device")
     backbone_args = None
     if args.backbone_args is not None:
-        if args.checkpoint:
+        if args.checkpoint or args.weights:
             raise ConfigError("--backbone-args: applies to --backbone only (a checkpoint's config holds its "
                               "backbone's arguments)")
         try:
@@ -244,6 +257,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _check_output_file(args.json, "--json")
 
     backbone, bands, size = args.backbone, args.bands, args.size
+    if args.weights:
+        from .data.dataset import GeoDataset
+        from .zoo import load_backbone
+
+        data_bands = bands or GeoDataset(args.data).bands
+        backbone = load_backbone(args.weights, bands=data_bands, data=args.data)
+        bands = backbone.bands  # the data's bands the weights were re-wired to, in that order
     if args.checkpoint:
         from .evaluation.harness import load_checkpoint_backbone
 
@@ -263,13 +283,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         bands=bands,
-        knn_k=args.k,
-        knn_temperature=args.temperature,
-        linear_epochs=args.epochs,
         eval_split=args.eval_split,
+        **own,
     )
-    rows = [{"protocol": name, **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}}
-            for name, metrics in result["metrics"].items()]
+    if any(len(metrics) > 6 for metrics in result["metrics"].values()):  # too wide as one row: one per metric
+        rows = [{"protocol": name, "metric": k, "value": f"{v:.2f}"} for name, metrics in result["metrics"].items()
+                for k, v in metrics.items() if isinstance(v, float)]
+    else:
+        rows = [{"protocol": name, **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}}
+                for name, metrics in result["metrics"].items()]
     columns = ["protocol"] + [c for c in rows[0] if c != "protocol"]
     print(f"{result['backbone']} on {result['data']} (split scheme {result['scheme']}: "
           f"{result['n_train']} train, {result['n_test']} {result['eval_split']})")
@@ -282,23 +304,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- pretrain
+def _epochs_trained(result: Dict) -> str:
+    """``2 epochs in 4 s``; after a --resume, ``1 epoch in 4 s (continued from epoch 2; 3 in all)``:
+    the seconds are this session's, and so are the epochs next to them."""
+    run, total = result.get("epochs_run", result["epochs"]), result["epochs"]
+    text = f"{run} epoch{'' if run == 1 else 's'} in {result['train_seconds']:.0f} s"
+    if run != total:
+        text += f" (continued from epoch {total - run}; {total} in all)"
+    return text
+
+
+def _best_line(best: Optional[Dict]) -> Optional[str]:
+    if not best:
+        return None
+    if best.get("checkpoint"):
+        score = "" if best["score"] is None else f" {best['score']:.2f}"
+        return f"best.ckpt: {best['metric']}{score} (the highest online k-NN score on the val split)"
+    return f"no best.ckpt (last.ckpt only): {best['why_not']}"
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import pretrain
 
     cfg = load_config(args.config, args.overrides)
     result = pretrain(cfg, resume=args.resume)
+    if args.json:  # the whole result, as results.json holds it, for scripts
+        print(json.dumps(result))
+        return 0
+    head = f"run {result['run_dir']}: {_epochs_trained(result)}"
     if result.get("eval_skipped"):
-        print(f"run {result['run_dir']}: {result['epochs']} epochs in {result['train_seconds']:.0f} s "
-              f"(no final evaluation: {result['eval_skipped'].split(',')[0]})")
+        print(f"{head} (no final evaluation: {result['eval_skipped'].split(',')[0]})")
     elif "eval" in result:
         rows = []
         for scheme, res in result["eval"].items():
             for protocol, metrics in res["metrics"].items():
                 rows.append({"scheme": scheme, "protocol": protocol,
                              **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}})
-        print(f"run {result['run_dir']}: {result['epochs']} epochs in {result['train_seconds']:.0f} s")
+        print(head)
         print(markdown_table(rows, list(rows[0])))
+    best = _best_line(result.get("best"))
+    if best:
+        print(best)
     return 0
 
 
@@ -312,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered backbones, augmentations, methods, regularizers, converters "
                        "and the packaged configs")
-    p.add_argument("kind", nargs="?", choices=LIST_KINDS)
+    p.add_argument("kind", nargs="?", choices=LIST_KINDS, help="list only this kind (default: all)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("pretrain", help="pretrain a method (+ geo regularizer) from a config, then k-NN evaluate")
@@ -320,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "synthetic/mocov2_georank (`ssl-rs list configs`; a local file of that name wins)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_epochs=2 geo.alpha=0.3")
     p.add_argument("--resume", help="continue from a checkpoint (optimiser, schedules, EMA and epoch restored)")
+    p.add_argument("--json", action="store_true", help="print the result (what RUN/results.json holds) as one "
+                   "JSON object instead of the table")
     p.set_defaults(func=cmd_pretrain)
 
     data = sub.add_parser("data", help="convert, synthesise, split and inspect HDF5 datasets")
@@ -330,16 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("format", help=" | ".join(CONVERTERS.names()) + " (`ssl-rs list converters`)")
     p.add_argument("src", help="the dataset's folder")
-    p.add_argument("-o", "--output", required=True, help="output .h5 file (written atomically)")
+    p.add_argument("-o", "--output", required=True, help="output .h5 file, or with --shard-size the folder of "
+                   "shards (written atomically)")
+    p.add_argument("--shard-size", type=int, help="write a folder of HDF5 shards of at most this many samples "
+                   "with one index (SSL4EO-sized data; docs/data_format.md)")
+    p.add_argument("--workers", type=int, default=1, help="processes converting in parallel, each writing its own "
+                   "shards (needs --shard-size; default 1)")
     _add_converter_flags(p)
     p.set_defaults(func=cmd_data_convert)
 
     p = dsub.add_parser("synth", help="write the synthetic geo-world (the demo's default data)")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True, help="output .h5 file (written atomically)")
     p.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
     p.add_argument("--bands", type=_names, help="comma-separated band names (default: the 12 L2A bands)")
     p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of places, land cover and splits (default 0)")
     p.add_argument("--dates", type=int, default=1, help="dates per place (default 1)")
     p.add_argument("--classes", type=int, default=8, help="number of land-cover classes (default 8)")
     p.add_argument("--tiles", type=int, default=1, help="cut each place's scene into TILES x TILES adjacent "
@@ -350,41 +404,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("split", help="add a random or spatially blocked train/val/test split")
-    p.add_argument("file")
-    p.add_argument("--scheme", choices=["random", "spatial-block"], required=True)
+    p.add_argument("file", help="HDF5 file, or folder of shards (the split covers all shards)")
+    p.add_argument("--scheme", choices=["random", "spatial-block"], required=True,
+                   help="random: samples assigned at random; spatial-block: whole --block-km cells go to one part")
     p.add_argument("--name", help="store as splits/NAME (default: the scheme's name)")
     p.add_argument("--fractions", type=_floats, default=[0.7, 0.1, 0.2], help="train,val,test (default 0.7,0.1,0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the assignment (default 0)")
     p.add_argument("--block-km", type=float, default=100.0, help="spatial-block cell size in km (default 100)")
     p.add_argument("--default", action="store_true", help="make this the file's default split")
     p.set_defaults(func=cmd_data_split)
 
-    p = dsub.add_parser("info", help="summarise an ssl-rs HDF5 file")
-    p.add_argument("file")
+    p = dsub.add_parser("info", help="summarise an ssl-rs HDF5 file or folder of shards")
+    p.add_argument("file", help="HDF5 file, or folder of shards")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data_info)
 
-    ev = sub.add_parser("eval", help="evaluate a backbone's frozen features (k-NN, linear probe)")
+    ev = sub.add_parser("eval", help="evaluate a backbone's frozen features (k-NN, linear probe, geo probes)")
     esub = ev.add_subparsers(dest="protocol", required=True)
-    for protocol in ("knn", "linear"):
-        p = esub.add_parser(protocol, help=f"{protocol} evaluation on the train/test split of an HDF5 file")
+    for protocol, summary in EVAL_PROTOCOLS.items():
+        p = esub.add_parser(protocol, help=f"{summary} on the train/test split of an HDF5 file")
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--backbone", help="a registered backbone name (randomly initialised)")
         src.add_argument("--checkpoint", help="a checkpoint of an ssl-rs training run (RUN/checkpoints/last.ckpt)")
-        p.add_argument("--data", required=True, help="HDF5 file with a split")
+        src.add_argument("--weights", help="a zoo entry (`ssl-rs zoo list`) or an exported .safetensors file: "
+                         "its bands are matched to the data's by name, its input normalisation and "
+                         "evaluation transforms applied")
+        p.add_argument("--data", required=True, help="HDF5 file or folder of shards, with a split" + (
+            " (lat/lon needed, labels not)" if protocol == "geo" else ""))
         p.add_argument("--scheme", help="split scheme in the file (default: the file's default)")
-        p.add_argument("--eval-split", default="test", choices=["val", "test"])
+        p.add_argument("--eval-split", default="test", choices=["val", "test"],
+                       help="the part of the split scored against the train part (default test)")
         p.add_argument("--bands", type=_names, help="band subset, in the model's order")
         p.add_argument("--size", type=int, help="resize inputs to this side (default: the checkpoint's training "
                        "size, else the data's size)")
-        p.add_argument("--batch-size", type=int, default=256)
-        p.add_argument("--workers", type=int, default=0)
+        p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch size (default 256)")
+        p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: read in "
+                       "the main process)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
         p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised backbone")
         p.add_argument("--backbone-args", help="JSON object of backbone arguments (with --backbone)")
-        p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
-        p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
-        p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
+        # each protocol's own options only on its own command: an option that would be ignored is not offered
+        if protocol == "knn":
+            p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
+            p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
+        if protocol == "linear":
+            p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
         p.add_argument("--json", help="also write the result to this JSON file")
         p.set_defaults(func=cmd_eval)
 

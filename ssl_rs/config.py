@@ -45,6 +45,10 @@ class AugmentationConfig:
     name: str = "geometric"
     size: Optional[int] = None  # view size; default: the data's image size
     args: Dict[str, Any] = field(default_factory=dict)
+    # where a two-view method's second view comes from on multi-date data: "same" (the anchor's
+    # date), "different" (another date of the place), "mixed" (either, half the samples each);
+    # default: "different" with data.temporal_positives, else "same"
+    temporal_views: Optional[str] = None
 
 
 @dataclass
@@ -65,6 +69,9 @@ class GeoConfig:
     alpha: float = 0.5
     embedding: Optional[str] = None  # which embedding it sees; default: the method's first (the GeoRank authors')
     args: Dict[str, Any] = field(default_factory=dict)
+    # under DDP, each device's samples are compared with every device's (GeoRank, GeoBasic, Tile2Vec):
+    # the loss of the global batch; false: within each device, as the GeoRank authors train
+    gather: bool = False
 
 
 @dataclass
@@ -108,7 +115,9 @@ class EvalConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     schemes: Optional[List[str]] = None  # final k-NN on these split schemes; default: the training one
-    linear: bool = False
+    linear: bool = False  # add the linear probe to the default protocols (eval.protocols unset)
+    # the final evaluation's protocols (knn, linear, geo); default: knn (+ linear with eval.linear)
+    protocols: Optional[List[str]] = None
     data: Optional[str] = None  # labelled file the final evaluation scores on; default: the pretraining file
 
 
@@ -275,7 +284,9 @@ def load_config(path: Union[str, os.PathLike, None] = None, overrides: Sequence[
 
 #: BaseMethod arguments that come from other config sections, never from ``method.args``
 METHOD_ARGS_SET_BY_BUILD = ("augmentation", "regularizer", "alpha", "geo_embedding", "optim", "batch_size", "seed",
-                            "eval_preprocess", "knn_k", "knn_temperature")
+                            "eval_preprocess", "knn_k", "knn_temperature", "temporal_views")
+#: values of ``augmentation.temporal_views``
+TEMPORAL_VIEWS = ("same", "different", "mixed")
 
 
 def _init_parameters(cls: type) -> List[str]:
@@ -346,6 +357,9 @@ def validate(cfg: DictConfig) -> None:
         ("eval.knn_k", positive, "a positive integer"),
         ("eval.knn_temperature", positive, "> 0"),
     )
+    views = OmegaConf.select(cfg, "augmentation.temporal_views")
+    if views is not None and views not in TEMPORAL_VIEWS:
+        raise ConfigError(f"augmentation.temporal_views: must be one of {', '.join(TEMPORAL_VIEWS)}, got {views!r}")
     for key, ok, what in checks:
         value = OmegaConf.select(cfg, key)
         if value is None:  # null: the default of whatever it configures
@@ -362,7 +376,14 @@ def validate(cfg: DictConfig) -> None:
     check_args("augmentation", cfg.augmentation.name, AUGMENTATIONS.get(cfg.augmentation.name).factory,
                dict(cfg.augmentation.args), reserved=("size", "mean", "std", "n_views", "seed"))
     if cfg.geo.name:
-        check_args("geo", cfg.geo.name, REGULARIZERS.get(cfg.geo.name).factory, dict(cfg.geo.args))
+        factory = REGULARIZERS.get(cfg.geo.name).factory
+        if "gather" in cfg.geo.args:
+            raise ConfigError("geo.args.gather: gathering across devices is set by geo.gather, not in geo.args")
+        # build passes geo.gather to every regularizer
+        params = inspect.signature(factory).parameters
+        if "gather" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            raise ConfigError(f"geo.gather: regularizer {cfg.geo.name!r} takes no gather argument")
+        check_args("geo", cfg.geo.name, factory, dict(cfg.geo.args))
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:

@@ -92,8 +92,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start = time.perf_counter()
     try:
-        run_demo(args.out, n=args.n, size=args.size, epochs=args.epochs, seed=args.seed, extra=args.overrides,
-                 progress=sys.stderr.isatty())
+        # progress on stderr by the rule of every command: a bar on a terminal, a line now and then in a log
+        run_demo(args.out, n=args.n, size=args.size, epochs=args.epochs, seed=args.seed, extra=args.overrides)
     except SslRsError as e:
         print(f"ssl-rs demo: error: {e}", file=sys.stderr)
         return 2

@@ -45,3 +45,10 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str],
              "|" + "|".join("-" * max(w + 2, 3) for w in widths) + "|"]
     lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |" for row in cells]
     return "\n".join(lines)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace runs collapsed), at most ``limit``
+    characters: what an error line quotes of a library's own, often multi-line, message."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -29,7 +29,7 @@ from .errors import ConfigError, DataError, Interrupted
 from .evaluation.plan import check_evaluation, evaluate_method
 from .interrupts import SignalHandlers, StopOnSignal, dataloader_worker_init
 from .run_directory import RunDirectory, check_run_dir, is_rank_zero, run_dir_of
-from .trainer import make_trainer
+from .trainer import make_trainer, session_start
 
 if TYPE_CHECKING:
     from .data.dataset import GeoDataset
@@ -69,7 +69,7 @@ def build(cfg: DictConfig) -> BuiltRun:
 
     validate(cfg)
     d = cfg.data
-    if d.temporal_positives and d.neighbor_pairs:
+    if (d.temporal_positives or cfg.augmentation.temporal_views in ("different", "mixed")) and d.neighbor_pairs:
         raise ConfigError(
             "data.temporal_positives, data.neighbor_pairs: a training item has one partner sample, "
             "either another date of the same place or a neighbour; set only one of them"
@@ -86,7 +86,7 @@ def build(cfg: DictConfig) -> BuiltRun:
         )
     train_source = _paired(train_ds, cfg)  # before the model, so that a file unfit for pairs fails fast
     method_cls = METHODS.get(cfg.method.name).factory
-    regularizer = REGULARIZERS.create(cfg.geo.name, **cfg.geo.args) if cfg.geo.name else None
+    regularizer = REGULARIZERS.create(cfg.geo.name, gather=cfg.geo.gather, **cfg.geo.args) if cfg.geo.name else None
     size = cfg.augmentation.size or train_ds.size[0]
     backbone = BACKBONES.create(cfg.backbone.name, in_chans=train_ds.in_chans, **cfg.backbone.args)
     aug_kwargs = dict(size=size, mean=train_ds.band_mean, std=train_ds.band_std, **cfg.augmentation.args)
@@ -105,6 +105,7 @@ def build(cfg: DictConfig) -> BuiltRun:
         eval_preprocess=Preprocess(size, train_ds.band_mean, train_ds.band_std),
         knn_k=cfg.eval.knn_k,
         knn_temperature=cfg.eval.knn_temperature,
+        temporal_views=cfg.augmentation.temporal_views or "different",
         **cfg.method.args,
     )
     method.check_contract(train_source.keys, str(d.path))
@@ -152,7 +153,7 @@ def _paired(train_ds: GeoDataset, cfg: DictConfig):
     """The training items: the split itself, or each sample with a partner (another date of the
     place, ``data.temporal_positives``; a neighbour, ``data.neighbor_pairs``)."""
     d = cfg.data
-    if d.temporal_positives:
+    if d.temporal_positives or cfg.augmentation.temporal_views in ("different", "mixed"):
         from .data.temporal import TemporalPositives
 
         return TemporalPositives(train_ds, seed=cfg.trainer.seed)
@@ -197,9 +198,11 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
             if resume_state is not None:
                 check_resume_shapes(resume, resume_state, built.method)
                 del resume_state
-            metadata = RunMetadata(to_dict(cfg), list(built.train_dataset.bands))  # into every checkpoint
+            metadata = RunMetadata(to_dict(cfg), list(built.train_dataset.bands), built.train_dataset.band_mean,
+                                   built.train_dataset.band_std)  # into every checkpoint, normalisation included
+            started = session_start()  # the epoch and step this session starts from (after --resume)
             trainer = make_trainer(cfg, run_dir, built.monitor, steps_per_epoch=len(built.train_loader),
-                                   extra_callbacks=(on_interrupt, metadata))
+                                   extra_callbacks=(on_interrupt, metadata, started))
             if trainer.is_global_zero:  # the ranks as Lightning will set them up
                 run = RunDirectory(run_dir).acquire()
                 run.start(fresh, cfg.output.overwrite)
@@ -208,12 +211,17 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
             train_seconds = _fit(trainer, built, resume, signals)
             if run is not None:
                 run.commit(finished=True)
+            epochs_run, steps_run = started.ran(trainer)
+            # epochs/steps: the run's total; *_run: this session's (a --resume continues a run)
             result: Dict[str, Any] = {"run_dir": str(run_dir), "train_seconds": train_seconds,
                                       "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                                      "epochs_run": epochs_run, "steps_run": steps_run,
+                                      "best": _best_checkpoint(trainer, built, cfg),
                                       "config": to_dict(cfg)}
             if evaluate_after and trainer.is_global_zero:
                 _evaluate_into(result, built.method, cfg, skipped)
                 (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+                log_final_metrics(run_dir, result["config"], result["eval"], step=trainer.global_step)
             return result
         except BaseException as e:
             if run is not None:
@@ -233,6 +241,10 @@ def _check_before_writing(cfg: DictConfig, resume: Optional[str], run_dir: Path,
     model is built), the run directory and the final evaluation's data (the reason it will be
     skipped is returned: a file without labels)."""
     resume_state = check_resume_checkpoint(resume, cfg.method.name) if resume else None
+    k, epochs = cfg.trainer.knn_every_n_epochs, cfg.trainer.max_epochs
+    if 0 < epochs < k:  # said now, not found out at the end
+        log.info("the online k-NN runs every %d epochs (trainer.knn_every_n_epochs) and the run has %d, so it will "
+                 "not run and there will be no checkpoints/best.ckpt (only last.ckpt)", k, epochs)
     if is_rank_zero():  # the other processes would find rank 0's lock
         check_run_dir(run_dir, fresh, cfg.output.overwrite)  # again under the lock
     skipped = check_evaluation(cfg) if evaluate_after else None  # before hours of training, not after
@@ -274,3 +286,65 @@ def _evaluate_into(result: Dict[str, Any], method: BaseMethod, cfg: DictConfig, 
         result["eval"], result["eval_skipped"] = {}, skipped
     else:
         result["eval"] = evaluate_method(method, cfg, progress=cfg.trainer.progress_bar)
+
+
+def _best_checkpoint(trainer, built: BuiltRun, cfg: DictConfig) -> Dict[str, Any]:
+    """What ``checkpoints/best.ckpt`` is: the training state at the online k-NN evaluation (on
+    the val split) that scored highest, with that metric and score; or, when the online k-NN
+    never ran, no checkpoint and why."""
+    for callback in trainer.checkpoint_callbacks:
+        path = Path(callback.dirpath or "") / "best.ckpt"
+        if callback.monitor and path.is_file():
+            # the score is unknown when the run directory was moved since (Lightning restores it only
+            # from a checkpoint written in the same directory)
+            score = callback.best_model_score
+            return {"checkpoint": str(path), "metric": callback.monitor,
+                    "score": None if score is None else float(score)}
+    t = cfg.trainer
+    if t.knn_every_n_epochs <= 0:
+        why = "trainer.knn_every_n_epochs is 0 (online k-NN off)"
+    elif built.train_dataset.target_key is None:
+        why = f"{cfg.data.path} has no labels for the online k-NN"
+    elif not built.val_loaders:
+        why = f"the split of {cfg.data.path} has no val part for the online k-NN"
+    else:
+        why = f"the online k-NN runs every {t.knn_every_n_epochs} epochs and the run has {trainer.current_epoch}"
+    return {"checkpoint": None, "why_not": why}
+
+
+def _flat_config(config: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, every value a number, bool or string (what a
+    TensorBoard hparam can hold; lists and None become their text)."""
+    flat: Dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
+def log_final_metrics(run_dir: Path, config: Dict[str, Any], evaluations: Dict[str, Dict[str, Any]],
+                      step: int) -> None:
+    """The final evaluation of a run into its TensorBoard log (``run_dir/tb``), so that
+    ``tensorboard --logdir runs`` compares runs without opening their results files: every
+    metric as a scalar ``final/<where>/<protocol>/<metric>`` at ``step`` (``evaluations`` maps
+    ``where``, a split scheme or ``dataset/scheme``, to a harness result), and the run's config,
+    flattened, as hparams with those metrics (the HPARAMS tab)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    metrics = {f"final/{where}/{protocol}/{name}": float(value)
+               for where, res in evaluations.items() for protocol, values in res["metrics"].items()
+               for name, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    if not metrics:
+        return
+    writer = SummaryWriter(str(Path(run_dir) / "tb"))  # a new event file beside the training's
+    try:
+        for tag, value in metrics.items():
+            writer.add_scalar(tag, value, step)
+        for summary in hparams(_flat_config(config), metrics):  # experiment, session start, session end
+            writer.file_writer.add_summary(summary, step)
+    finally:
+        writer.close()

@@ -1,5 +1,5 @@
-"""The Lightning ``Trainer`` a pretraining runs in (:func:`make_trainer`), and the one way to
-quiet Lightning's logging (:func:`quiet_lightning`).
+"""The Lightning ``Trainer`` a pretraining runs in (:func:`make_trainer`), its progress display
+(:func:`training_progress`), and the one way to quiet Lightning's logging (:func:`quiet_lightning`).
 
 Lightning is imported only when a trainer is made, so that the bench runner can import
 :func:`quiet_lightning` without it.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Optional, Tuple
@@ -66,11 +67,92 @@ def _per_run_chatter_muted() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def training_progress() -> "Callback":
+    """The training's progress on stderr, by the rule of every command (:mod:`ssl_rs.progress`):
+    a bar over all the run's steps on a terminal, a plain line now and then anywhere else; the
+    epoch, the loss and the online k-NN ride along. Used instead of Lightning's own bar, which
+    writes to stdout (so ``pretrain > log`` got bar frames among the results) and ignores
+    whether it is on a terminal. Global rank zero only."""
+    from lightning.pytorch.callbacks import Callback
+
+    from .progress import Progress
+
+    class TrainingProgress(Callback):
+        NOTE_EVERY_S = 1.0  # reading the metrics waits for the device: not at every step
+
+        def __init__(self) -> None:
+            self.shown: Optional[Progress] = None
+            self.noted = 0.0
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if not trainer.is_global_zero:
+                return
+            per_epoch = trainer.num_training_batches
+            finite = isinstance(per_epoch, int) and trainer.max_epochs is not None and trainer.max_epochs > 0
+            # a resumed run starts at its epoch: the bar shows the whole run, not only this session
+            self.shown = Progress(per_epoch * trainer.max_epochs if finite else None, "training", "steps",
+                                  initial=trainer.current_epoch * per_epoch if finite else 0)
+            self._note(trainer)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if self.shown is not None:
+                if time.monotonic() - self.noted >= self.NOTE_EVERY_S:
+                    self._note(trainer)
+                self.shown.update(1)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self.shown is not None:
+                self._note(trainer)  # the closing line shows the last loss and k-NN
+            self._close()
+
+        def on_exception(self, trainer, pl_module, exception) -> None:
+            self._close(stopped=True)
+
+        def _close(self, stopped: bool = False) -> None:
+            if self.shown is not None:
+                self.shown.close(stopped=stopped)
+                self.shown = None
+
+        def _note(self, trainer) -> None:
+            self.noted = time.monotonic()
+            epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None  # -1: no end
+            epoch = trainer.current_epoch + 1
+            parts = [f"epoch {min(epoch, epochs)}/{epochs}" if epochs else f"epoch {epoch}"]  # the last, once done
+            for key, value in trainer.progress_bar_metrics.items():  # what methods log with prog_bar=True
+                parts.append(f"{key.split('/')[-1]} {float(value):.3g}")
+            self.shown.set_note(", ".join(parts))
+
+    return TrainingProgress()
+
+
+def session_start() -> "Callback":
+    """A callback that notes the epoch and step a ``fit`` starts from, once ``--resume`` has
+    restored them; after the fit, ``.ran(trainer)`` is (epochs, steps) trained in this session,
+    so that a summary tells the epochs run now from the run's total."""
+    from lightning.pytorch.callbacks import Callback
+
+    class SessionStart(Callback):
+        def __init__(self) -> None:
+            self.epoch: Optional[int] = None
+            self.step: Optional[int] = None
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.epoch, self.step = trainer.current_epoch, trainer.global_step
+
+        def ran(self, trainer) -> Tuple[int, int]:
+            if self.epoch is None:  # no training started: a resumed run that had reached max_epochs
+                return 0, 0
+            return trainer.current_epoch - self.epoch, trainer.global_step - self.step
+
+    return SessionStart()
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_per_epoch: Optional[int] = None,
                  extra_callbacks: Tuple["Callback", ...] = ()) -> "Trainer":
     """The trainer of ``cfg.trainer``, logging to ``run_dir/tb`` and checkpointing to
     ``run_dir/checkpoints``: ``last.ckpt`` at the end of every epoch, and ``best.ckpt`` by the
-    ``monitor`` metric (the online k-NN) when there is one."""
+    ``monitor`` metric (the online k-NN) when there is one; progress on stderr
+    (:func:`training_progress`) when ``trainer.progress_bar`` is set."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -88,13 +170,19 @@ def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_p
     if monitor:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode="max",
                                          save_top_k=1, enable_version_counter=False))
+    # the learning rate of every parameter group (lr-<Optimizer>/<group>); methods log no lr of their own
     callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if t.progress_bar:
+        callbacks.append(training_progress())
     callbacks += list(extra_callbacks)
     kwargs: Dict[str, Any] = dict(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=precision, log_every_n_steps=max(1, log_every),
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
-        callbacks=callbacks, deterministic=t.deterministic, enable_progress_bar=t.progress_bar,
+        # no placeholder hp_metric: the run's config and final metrics are written as hparams after
+        # the final evaluation (ssl_rs.train), which TensorBoard's HPARAMS tab then compares across runs
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False),
+        # Lightning's bar is off: it writes to stdout, training_progress() to stderr
+        callbacks=callbacks, deterministic=t.deterministic, enable_progress_bar=False,
         check_val_every_n_epoch=max(1, t.knn_every_n_epochs), num_sanity_val_steps=0,
         enable_model_summary=False,
         # GeoNeighborBatchSampler splits its batches across processes itself (Lightning cannot

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -173,17 +173,53 @@ class Preprocess(nn.Module):
 
     float32, per-band normalisation, then optional centre crop (``crop_fraction`` of each side)
     and a resize to ``size``; the same output as the single view of the ``eval`` preset.
+
+    With ``resize=R`` instead: a resize to R x R, then a centre crop of ``size`` px, the
+    classic evaluation transform (torchgeo's Resize(256) + CenterCrop(224) for SSL4EO-S12
+    weights) that weights pretrained and benchmarked that way expect. The crop keeps the middle
+    ``size / R`` of the tile at the resolution the weights saw, which a crop-then-resize only
+    approximates. Normalising first is exact: both steps are linear per band.
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], crop_fraction: float = 1.0):
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], crop_fraction: float = 1.0,
+                 resize: Optional[int] = None):
         super().__init__()
         check_size("preprocess", size)
         self.normalize = BandNormalize(mean, std, owner="preprocess")
-        self.resize = CenterCropResize(size, crop_fraction)
+        self.crop: Optional[int] = None
+        if resize is not None:
+            check_size("preprocess", resize, "resize")
+            if crop_fraction != 1.0:
+                raise ConfigError("preprocess: give crop_fraction or resize, not both")
+            if resize < size:
+                raise ConfigError(f"preprocess: the {size} px centre crop is larger than the {resize} px image it "
+                                  "crops from")
+            self.resize = CenterCropResize(resize)
+            self.crop = int(size)
+        else:
+            self.resize = CenterCropResize(size, crop_fraction)
         self.size = int(size)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.resize(self.normalize(images))
+        out = self.resize(self.normalize(images))
+        if self.crop is not None:
+            top, left = (out.shape[-2] - self.crop) // 2, (out.shape[-1] - self.crop) // 2
+            out = out[..., top : top + self.crop, left : left + self.crop]
+        return out
+
+
+def eval_geometry(backbone: object, size: Optional[int], data_size: int) -> Tuple[int, Optional[int]]:
+    """``(size, resize)`` of the :class:`Preprocess` that evaluates ``backbone``: the
+    ``eval_transforms`` it carries (zoo weights, e.g. ``{"resize": 256, "center_crop": 224}`` ->
+    ``(224, 256)``) when ``size`` is None or is their output size; otherwise, and for backbones
+    without any, a plain resize to ``size`` (default ``data_size``, the tiles' side)."""
+    transforms = dict(getattr(backbone, "eval_transforms", None) or {})
+    final = transforms.get("center_crop", transforms.get("resize"))
+    if final is None or (size is not None and size != final):
+        return (size if size is not None else data_size), None
+    if "center_crop" in transforms:  # a crop without a resize crops the tile as it is
+        return final, transforms.get("resize", data_size)
+    return final, None
 
 
 def check_size(owner: str, size: int, name: str = "size") -> int:

@@ -14,7 +14,8 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
     from .runner import check_max_cells, run_suite
 
     check_max_cells(args.max_cells, "--max-cells")
-    summary = run_suite(args.suite, args.out, dry_run=args.dry_run, max_cells=args.max_cells)
+    # one line per cell on stdout; each cell's progress on stderr (a bar on a terminal, lines in a log)
+    summary = run_suite(args.suite, args.out, dry_run=args.dry_run, max_cells=args.max_cells, progress=True)
     if not args.dry_run and summary["left"] == 0:
         print(f"all {summary['total']} cells finished; next: ssl-rs bench report {summary['out']}")
     if summary["failed"]:
@@ -28,8 +29,21 @@ def cmd_bench_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_report(args: argparse.Namespace) -> int:
-    from .report import report
+    import sys
+    from pathlib import Path
 
+    from .report import report
+    from .runner import finished_rows, read_results
+    from .suite import load_suite
+
+    # The report is silent for a minute or more (mostly the embedding): say what it is doing, on
+    # stderr. Only when there is something to report: bad input stays one error line.
+    out = Path(args.dir)
+    if (out / "suite.yaml").is_file() and finished_rows(read_results(out / "results.csv")):
+        method = args.embedding or load_suite(out / "suite.yaml").report.get("embedding", "tsne")
+        print(f"ssl-rs: reporting {args.dir}: tables and plots from results.csv, then a 2-D embedding of each "
+              f"method's features ({'PCA' if method == 'pca' else 't-SNE'}: the slow part)", file=sys.stderr,
+              flush=True)
     report(args.dir, embedding=args.embedding)
     return 0
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..files import copy_file, write_text
+from ..progress import format_duration
 from ..run_directory import run_dir_of
 from ..trainer import quiet_lightning
 from .suite import Cell, DataSpec, Suite, load_suite, short_hash
@@ -242,19 +243,14 @@ def plan(suite: Suite, out: Path) -> Tuple[List[Cell], Dict[int, Any]]:
     return cells, configs
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
 def _cell_row_base(suite: Suite, cell: Cell, cfg: Any, n_train: int, image_size: int) -> Dict[str, Any]:
     v = cell.values
     return {
         "suite": suite.name, "cell_id": cell.id, "cell": cell.index, "method": v["method"].label,
         "regularizer": v["regularizer"].label if v["regularizer"].geo is not None else (cfg.geo.name or "none"),
-        "augmentation": cfg.augmentation.name, "subset": v["subset"].label, "n_train": n_train,
+        # an explicit matrix entry's label (e.g. "same" / "different" temporal views of one preset)
+        "augmentation": v["augmentation"].label if v["augmentation"].overrides else cfg.augmentation.name,
+        "subset": v["subset"].label, "n_train": n_train,
         "image_size": image_size, "seed": cfg.trainer.seed,
     }
 
@@ -264,15 +260,16 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
     from ..data.dataset import GeoDataset
     from ..evaluation.harness import evaluate
     from ..checkpoint import load_encoder
-    from ..train import pretrain
+    from ..config import to_dict
+    from ..train import log_final_metrics, pretrain
 
     run_dir = run_dir_of(cfg)
     if run_dir.exists():  # a killed cell's partial run: start it again cleanly
         shutil.rmtree(run_dir)
     train_ds = GeoDataset(cfg.data.path, split="train", scheme=cfg.data.scheme)
     image_size = int(cfg.augmentation.size or train_ds.size[0])
-    with quiet_lightning():  # the runner prints one progress line per cell; the chatter would bury it
-        result = pretrain(cfg, evaluate_after=False)
+    with quiet_lightning():  # the runner prints one line per cell; the chatter would bury it
+        result = pretrain(cfg, evaluate_after=False)  # the cell's training progress: on stderr (run_suite)
     backbone, ckpt_cfg = load_encoder(run_dir / "checkpoints" / "last.ckpt")
     base = _cell_row_base(suite, cell, cfg, len(train_ds), image_size)
     rows = []
@@ -283,8 +280,8 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
                            size=image_size, bands=ckpt_cfg["data_bands"], linear_epochs=suite.linear_epochs,
                            knn_k=suite.knn_k or cfg.eval.knn_k,
                            knn_temperature=suite.knn_temperature or cfg.eval.knn_temperature,
-                           seed=cfg.trainer.seed, progress=False)
-            evaluations[f"{ds.name}/{res['scheme']}"] = res
+                           seed=cfg.trainer.seed, progress=cfg.trainer.progress_bar)
+            evaluations[f"{ds.name}/{res['scheme'] or 'default'}"] = res
             for protocol, metrics in res["metrics"].items():
                 rows.append({**base, "eval_data": ds.name, "scheme": res["scheme"] or "default",
                              "protocol": protocol, **{k: f"{v:.4f}" for k, v in metrics.items()},
@@ -296,6 +293,8 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
     write_text(run_dir / "bench_result.json", json.dumps(
         {"cell_id": cell.id, "label": cell.label, "train_seconds": result["train_seconds"], "eval": evaluations},
         indent=2) + "\n", announce=False)
+    # beside the training curves, so `tensorboard --logdir OUT/runs` compares the cells' scores too
+    log_final_metrics(run_dir, to_dict(cfg), evaluations, step=result["steps"])
     return rows
 
 
@@ -330,7 +329,10 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
     """Run every unfinished cell of a suite (cells that failed before are retried).
 
     A cell that fails is recorded in results.csv (status ``failed``, the one-line reason) and the
-    suite goes on with the next one. Returns counts of cells: ``total``, ``skipped`` (finished
+    suite goes on with the next one. One line per cell goes to ``stream`` (default stdout); with
+    ``progress``, the data synthesis and each cell's training and feature extraction show their
+    progress on stderr (:mod:`ssl_rs.progress`: a bar on a terminal, a line now and then in a
+    log), so an hours-long GPU cell is not silent. Returns counts of cells: ``total``, ``skipped`` (finished
     before), ``ran`` (finished now), ``failed`` (failed now; ``failures`` lists them), ``left``
     (not finished, failed ones included).
     """
@@ -386,6 +388,7 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
         eta = format_duration(np.mean(basis) * left) if basis else "?"
         log(f"cell {c.index}/{len(cells)} {c.label} ... ETA {eta}")
         start = time.perf_counter()
+        configs[c.index].trainer.progress_bar = progress  # not part of the cell's identity (resolve_cell)
         try:
             rows = run_cell(suite, c, configs[c.index], out, eval_paths)
         except Exception as e:  # one cell's failure must not cost the others (Ctrl-C and SIGTERM still stop)

@@ -282,7 +282,7 @@ def _augmentation_values(where: str, raw: Any) -> List[AxisValue]:
     for i, entry in enumerate(raw):
         if isinstance(entry, str):
             entry = {"name": entry}
-        entry = _check_keys(f"{where}[{i}]", entry, ("name", "args", "overrides"))
+        entry = _check_keys(f"{where}[{i}]", entry, ("name", "label", "args", "overrides"))
         name = entry.get("name")
         if name not in AUGMENTATIONS:
             raise ConfigError(f"{where}[{i}]: unknown augmentation preset {name!r}"
@@ -290,7 +290,11 @@ def _augmentation_values(where: str, raw: Any) -> List[AxisValue]:
         overrides = [f"augmentation.name={name}"]
         overrides += [f"augmentation.args.{k}={json.dumps(v)}" for k, v in (entry.get("args") or {}).items()]
         overrides += _check_overrides(f"{where}[{i}]", entry.get("overrides") or [])
-        out.append(AxisValue("augmentation", name, name, tuple(overrides)))
+        out.append(AxisValue("augmentation", str(entry.get("label", name)), name, tuple(overrides)))
+    labels = [v.label for v in out]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: two augmentation entries share the label "
+                          f"{next(x for x in labels if labels.count(x) > 1)!r}: give each a distinct label")
     return out
 
 

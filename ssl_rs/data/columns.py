@@ -293,7 +293,7 @@ def _group_count(column: Column, ds, classes) -> Dict[str, Any]:
 
 
 def _time_range(column: Column, ds, classes) -> Dict[str, Any]:
-    times = sorted(_text(t) for t in ds[()])
+    times = sorted(as_text(t) for t in ds[()])
     return {"time_range": [times[0], times[-1]]}
 
 
@@ -322,7 +322,8 @@ def _multi_hot(row: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(row.astype(np.float32))
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """An HDF5 string value (bytes or str) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -364,7 +365,7 @@ LABELS = Column(
 TIME = Column(
     "time", STRING, ("N",), False, "acquisition date, ISO 8601 (`2020-06-04`)",
     append_arg="time", sample_key="time", sample="str", accepts=STRING,
-    encode=_encode_strings, summary=_time_range, to_sample=_text,
+    encode=_encode_strings, summary=_time_range, to_sample=as_text,
 )
 GROUP = Column(
     "group", "int64", ("N",), False,

@@ -10,7 +10,6 @@ that converters and other callers import from it.
 from __future__ import annotations
 
 from .columns import COLUMNS, FORMAT_VERSION, SPLIT_CODES, SPLIT_UNUSED, Column, kind_name
-from .reader import _check_open, _warn_contents  # noqa: F401 (used by callers of the old module)
 from .reader import attr_list, check_file, check_open, describe, open_h5, read_split
 from .writer import STATS_MAX_PIXELS, STATS_SAMPLE_PIXELS, H5Writer, write_dataset, write_split
 

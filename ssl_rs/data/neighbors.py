@@ -156,3 +156,12 @@ class NeighborPairs(PairedSamples):
         item["neighbor_offset"] = torch.tensor([float(east), float(north)], dtype=torch.float32)
         item["has_neighbor"] = torch.tensor(partner != position)
         item["index_neighbor"] = torch.tensor(int(self.dataset.indices[partner]), dtype=torch.int64)
+
+    def add_partners(self, batch: Dict[str, Any], positions: np.ndarray, partners: np.ndarray,
+                     images: torch.Tensor) -> None:
+        east, north = footprint_offsets(self._lat[positions], self._lon[positions], self._lat[partners],
+                                        self._lon[partners], self.side_m)
+        batch["image_neighbor"] = images
+        batch["neighbor_offset"] = torch.from_numpy(np.stack([east, north], axis=1).astype(np.float32))
+        batch["has_neighbor"] = torch.from_numpy(partners != positions)
+        batch["index_neighbor"] = torch.from_numpy(self.dataset.indices[partners].astype(np.int64))

@@ -8,20 +8,22 @@ position), falls back to the position itself when there is no candidate, and pas
 what trainers and regularizers read from the training dataset.
 
 Partners are taken only from the wrapped dataset (its split), so training never sees a
-validation or test image. The epoch lives in shared memory, so a :meth:`~PairedSamples.set_epoch`
+validation or test image. A DataLoader batch is read in one pass (:meth:`PairedSamples.__getitems__`):
+the items' and the partners' images together, each file row once, when the subclass adds its
+keys batch-wise (:meth:`PairedSamples.add_partners`); otherwise item by item. The epoch lives in shared memory, so a :meth:`~PairedSamples.set_epoch`
 between epochs reaches DataLoader workers, persistent ones included; call it at the start of
 every epoch, before the epoch's iterator is created.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet
+from typing import Any, Dict, FrozenSet, List, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .dataset import GeoDataset
+from .dataset import GeoDataset, batch_rows
 
 
 class PairedSamples(Dataset):
@@ -71,6 +73,25 @@ class PairedSamples(Dataset):
         item = self.dataset[position]
         self.add_partner(item, position, self.partner_position(position))
         return item
+
+    def add_partners(self, batch: Dict[str, Any], positions: np.ndarray, partners: np.ndarray,
+                     images: torch.Tensor) -> None:
+        """Batch-wise :meth:`add_partner`: write the partners' keys into the batch dict of
+        ``positions`` (``images``: the partners' raw images, a (B, C, H, W) uint16 tensor). A subclass that does
+        not define it is read item by item."""
+        raise NotImplementedError
+
+    def __getitems__(self, positions: Sequence[int]) -> List[Mapping]:
+        """One DataLoader batch: the items' and the partners' images in one read (see
+        :meth:`GeoDataset.__getitems__`), each row once even when an item is its own partner."""
+        if type(self).add_partners is PairedSamples.add_partners or self.dataset.transforms is not None:
+            return [self[int(p)] for p in positions]
+        positions = np.asarray(positions, np.int64)
+        partners = np.array([self.partner_position(int(p)) for p in positions.tolist()], np.int64)
+        images = self.dataset._images(np.concatenate([positions, partners]), shared=True)
+        batch = self.dataset.batch(positions, images=images[:len(positions)])
+        self.add_partners(batch, positions, partners, images[len(positions):])
+        return batch_rows(batch)
 
     # -- what trainers and regularizers read from the training dataset ------------------
     @property

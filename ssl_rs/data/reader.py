@@ -41,7 +41,12 @@ def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
 
 def check_file(path: str | os.PathLike, *, coordinates: bool = True) -> Dict[str, Any]:
     """Validate the layout and return :func:`describe`'s summary; log (warning) what is valid
-    but probably a mistake."""
+    but probably a mistake. A folder is a sharded dataset (:func:`ssl_rs.data.shards.check_sharded`:
+    every shard checked, one summary of them all)."""
+    if Path(path).is_dir():
+        from .shards import check_sharded
+
+        return check_sharded(path, coordinates=coordinates)
     with open_h5(path) as f:
         check_open(f, Path(path), coordinates=coordinates)
         warn_contents(f, Path(path))
@@ -93,7 +98,6 @@ def check_open(f: h5py.File, path: Path, coordinates: bool = True) -> None:
             column.check_values(ds[()], f"{path}: {name}")
 
 
-_check_open = check_open  # the name callers used before the reader had its own module
 
 
 def _check_dataset(ds, where: str, column: Column) -> None:
@@ -131,7 +135,6 @@ def warn_contents(f: h5py.File, path: Path) -> None:
             column.warn(column, f[column.key], f"{path}: {column.key}", classes)
 
 
-_warn_contents = warn_contents
 
 
 def attr_list(f: h5py.File, key: str) -> Optional[List[str]]:

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Sequence
 import h5py
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..geodesy import EARTH_RADIUS_KM
 from .columns import SPLIT_CODES
 from .reader import check_open, open_h5
@@ -118,8 +118,14 @@ def add_split(
     make_default: bool = False,
 ) -> Dict[str, int]:
     """Compute a split scheme and store it in the file as ``splits/<name or scheme>``, in place
-    (a scheme of that name is replaced, and the log says so)."""
+    (a scheme of that name is replaced, and the log says so). ``path`` may be the folder of a
+    sharded dataset: the split is computed over all shards (a spatial block or a group never
+    straddles two sides), each shard stores its rows' codes, and the index lists the scheme
+    last, so an interrupted split is not seen by readers."""
     _check_arguments(scheme, fractions, block_km)
+    if Path(path).is_dir():
+        return _add_split_sharded(Path(path), scheme, name=name, fractions=fractions, seed=seed, block_km=block_km,
+                                  make_default=make_default)
     with open_h5(path, "r+") as f:
         check_open(f, Path(path))
         return store_split(f, path, scheme, name=name, fractions=fractions, seed=seed, block_km=block_km,
@@ -148,20 +154,61 @@ def store_split(
     """:func:`add_split` on a file that is already open for writing (``path`` names it in messages),
     e.g. one :class:`~ssl_rs.data.writer.H5Writer` is about to commit."""
     _check_arguments(scheme, fractions, block_km)
-    lat, lon = f["lat"][:], f["lon"][:]
     groups = f["group"][:] if "group" in f else None
-    if scheme == "random":
-        codes = random_split(len(lat), fractions, seed, groups)
-    else:
-        codes = spatial_block_split(lat, lon, block_km, fractions, seed, groups)
+    codes = _codes(scheme, f["lat"][:], f["lon"][:], groups, fractions, seed, block_km)
     key = name or scheme
     replaced = "splits" in f and key in f["splits"]
+    _store(f, key, codes, scheme, fractions, seed, block_km, make_default or "default_split" not in f.attrs)
+    if replaced:
+        log.info("replaced splits/%s in %s", key, path)
+    return {s: int((codes == i).sum()) for i, s in enumerate(SPLIT_CODES)}
+
+
+def _codes(scheme: str, lat, lon, groups, fractions, seed: int, block_km: float) -> np.ndarray:
+    if scheme == "random":
+        return random_split(len(lat), fractions, seed, groups)
+    return spatial_block_split(lat, lon, block_km, fractions, seed, groups)
+
+
+def _store(f: h5py.File, key: str, codes: np.ndarray, scheme: str, fractions, seed: int, block_km: float,
+           make_default: bool) -> None:
     write_split(f, key, codes)
     f["splits"][key].attrs.update({"scheme": scheme, "seed": seed, "fractions": list(fractions)})
     if scheme == "spatial-block":
         f["splits"][key].attrs["block_km"] = block_km
-    if make_default or "default_split" not in f.attrs:
+    if make_default:
         f.attrs["default_split"] = key
+
+
+def _add_split_sharded(folder: Path, scheme: str, *, name, fractions, seed, block_km, make_default) -> Dict[str, int]:
+    from .shards import read_index, shard_paths
+
+    index = read_index(folder)
+    paths = shard_paths(folder)
+    lat, lon, groups = [], [], []
+    for path in paths:
+        with open_h5(path) as f:
+            check_open(f, path)
+            lat.append(f["lat"][:])
+            lon.append(f["lon"][:])
+            groups.append(f["group"][:] if "group" in f else None)
+    if any(g is None for g in groups) and not all(g is None for g in groups):
+        raise DataError(f"{paths[[g is None for g in groups].index(True)]}: group: missing in this shard but "
+                        "present in others")
+    group = None if groups[0] is None else np.concatenate(groups)
+    codes = _codes(scheme, np.concatenate(lat), np.concatenate(lon), group, fractions, seed, block_km)
+    key = name or scheme
+    default = key if make_default or index.default_split is None else index.default_split
+    offsets = index.offsets
+    for i, path in enumerate(paths):  # in place, like a file; the index below makes it visible
+        with open_h5(path, "r+") as f:
+            _store(f, key, codes[offsets[i]:offsets[i + 1]], scheme, fractions, seed, block_km, True)
+            f.attrs["default_split"] = default  # each shard stays a valid file that agrees with the index
+    counts = {s: int((codes == i).sum()) for i, s in enumerate(SPLIT_CODES)}
+    replaced = key in index.splits
+    index.splits[key] = counts
+    index.default_split = default
+    index.write()
     if replaced:
-        log.info("replaced splits/%s in %s", key, path)
-    return {s: int((codes == i).sum()) for i, s in enumerate(SPLIT_CODES)}
+        log.info("replaced splits/%s in %s", key, folder)
+    return counts

@@ -336,7 +336,7 @@ def synthesize(
         t_lat, t_lon = p_lat[:, None], p_lon[:, None]
     else:
         t_lat, t_lon = tile_centres(p_lat, p_lon, tiles, size * GSD / 1000.0)
-    from tqdm.auto import tqdm
+    from ..progress import Progress
 
     attrs = {"synthetic": True, "seed": seed, "num_places": places, "tiles_per_side": tiles}
 
@@ -359,8 +359,8 @@ def synthesize(
         seed=seed,
         before_commit=add_splits,
     ) as writer:
-        # like the converters' bars: shown on a terminal only, so logs and error output stay clean
-        bar = tqdm(total=n, desc="synthesising", unit="img", disable=None if progress else True)
+        # a bar on a terminal, plain periodic lines in a log (ssl_rs.progress: the rule of every command)
+        bar = Progress(n, "synthesising", "img", enabled=progress)
         # scenes rendered at once: about CHUNK tiles' worth of pixels, whole places (their dates
         # share one ground texture)
         step = max(dates, (CHUNK // n_tiles) // dates * dates)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-import h5py
 import numpy as np
 import torch
 
@@ -50,8 +49,7 @@ class TemporalPositives(PairedSamples):
         file_index = np.asarray(dataset.indices, np.int64)
         group = np.asarray(dataset.group_all)[file_index]
         if "time" in dataset.present:
-            with h5py.File(dataset.path, "r") as f:
-                times = f["time"][:][file_index]
+            times = dataset.column_values("time")[file_index]  # of the file, or of every shard
             self._date = np.unique(times, return_inverse=True)[1].astype(np.int64).reshape(-1)
         else:
             self._date = np.arange(len(file_index), dtype=np.int64)  # every sample its own date
@@ -77,3 +75,9 @@ class TemporalPositives(PairedSamples):
         item["image_positive"] = self.partner_image(item, position, partner)
         item["has_temporal_positive"] = torch.tensor(partner != position)
         item["index_positive"] = torch.tensor(int(self.dataset.indices[partner]), dtype=torch.int64)
+
+    def add_partners(self, batch: Dict[str, Any], positions: np.ndarray, partners: np.ndarray,
+                     images: torch.Tensor) -> None:
+        batch["image_positive"] = images
+        batch["has_temporal_positive"] = torch.from_numpy(partners != positions)
+        batch["index_positive"] = torch.from_numpy(self.dataset.indices[partners].astype(np.int64))

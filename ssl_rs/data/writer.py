@@ -22,6 +22,7 @@ from .columns import APPEND_ARGS, FORMAT_VERSION, IMAGES, OFFICIAL_SPLIT, SPLIT_
 
 STATS_SAMPLE_PIXELS = 4096  # pixels per sample kept for percentile estimates
 STATS_MAX_PIXELS = 2_000_000  # bound on the pixel reservoir per band
+SHARD_STATS_PIXELS = 65_536  # pixels per band a shard passes on for the percentiles of its dataset
 
 
 class H5Writer:
@@ -50,6 +51,8 @@ class H5Writer:
         multi_label: bool = False,
         attrs: Optional[Mapping[str, Any]] = None,
         seed: int = 0,
+        stats_pixels: int = STATS_MAX_PIXELS,
+        stats_sample_pixels: int = STATS_SAMPLE_PIXELS,
         before_commit: Optional[Callable[[h5py.File, Path], None]] = None,
     ):
         self.path = Path(path)
@@ -61,6 +64,10 @@ class H5Writer:
         self.multi_label = multi_label
         self.extra_attrs = dict(attrs or {})
         self._rng = np.random.default_rng(seed)
+        # the pixel reservoir for percentiles: at most stats_pixels per band, stats_sample_pixels
+        # from each sample until it is full (a shard writer keeps a smaller one, spread over
+        # all its samples: computing percentiles of 2 million pixels per band costs ~1 s per file)
+        self._stats_pixels, self._stats_sample_pixels = int(stats_pixels), int(stats_sample_pixels)
         self._n = 0
         self._sum = np.zeros(len(self.bands), np.float64)
         self._sumsq = np.zeros(len(self.bands), np.float64)
@@ -169,11 +176,21 @@ class H5Writer:
         self._sum += flat.sum(axis=1)
         self._sumsq += (flat * flat).sum(axis=1)
         self._pixels += flat.shape[1]
-        if self._reservoir_size < STATS_MAX_PIXELS:
-            take = min(STATS_SAMPLE_PIXELS, flat.shape[1])
+        if self._reservoir_size < self._stats_pixels:
+            take = min(self._stats_sample_pixels, flat.shape[1])
             idx = self._rng.choice(flat.shape[1], size=take, replace=False)
             self._reservoir.append(flat[:, idx].astype(np.float32))
             self._reservoir_size += take
+
+    def stats_sample(self, pixels: int = SHARD_STATS_PIXELS):
+        """``(sum, sum of squares, pixel count, sample)`` per band of what was appended: the exact
+        sums, and a uniform random sample (C, <= ``pixels``) of the pixel reservoir, so the
+        statistics of several files (the shards of one dataset) can be combined."""
+        kept = (np.concatenate(self._reservoir, axis=1) if self._reservoir
+                else np.zeros((len(self.bands), 0), np.float32))
+        if kept.shape[1] > pixels:
+            kept = kept[:, np.sort(self._rng.choice(kept.shape[1], size=pixels, replace=False))]
+        return self._sum.copy(), self._sumsq.copy(), int(self._pixels), kept
 
     def _finish(self) -> None:
         f = self._file

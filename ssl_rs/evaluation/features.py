@@ -6,9 +6,9 @@ from typing import Callable, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
+from ..progress import Progress
 
 TARGET_KEYS = ("label", "labels")
 
@@ -48,7 +48,8 @@ def extract_features(
         device: where to run (default: the device of the model's parameters).
         target_key: ``"label"`` ((B,) int64) or ``"labels"`` ((B, K) multi-hot); default:
             whichever the first batch has.
-        progress: show a tqdm progress bar.
+        progress: show progress on stderr (a bar on a terminal, else a line now and then;
+            :mod:`ssl_rs.progress`).
 
     Returns:
         ``(features, targets)``: (N, D) float32 and (N,) or (N, K), both on the CPU.
@@ -59,9 +60,13 @@ def extract_features(
     targets: List[Tensor] = []
     key = target_key
     try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:  # a loader without a length: counted without a total
+        total = None
+    try:
         model.eval()
-        with torch.inference_mode():
-            for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+        with torch.inference_mode(), Progress(total, "features", "batch", enabled=progress) as shown:
+            for batch in loader:
                 if not isinstance(batch, dict) or "image" not in batch:
                     raise DataError("loader: each batch must be a dict with an 'image' entry")
                 if key is None:
@@ -81,6 +86,7 @@ def extract_features(
                     raise ConfigError(f"model: expected (B, D) features for a batch of {images.shape[0]}, got {shape}")
                 features.append(out.float().cpu())
                 targets.append(torch.as_tensor(batch[key]).cpu())
+                shown.update()
     finally:
         for module, was_training in modes:
             module.training = was_training

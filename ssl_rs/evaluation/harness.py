@@ -13,14 +13,13 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, SslRsError
 from ..data.dataset import GeoDataset
+from ..text import one_line
 
-PROTOCOLS = ("knn", "linear")
+#: ``geo``: the geo probes (:mod:`ssl_rs.evaluation.geo_probes`), which need lat/lon, not labels
+PROTOCOLS = ("knn", "linear", "geo")
+LABEL_PROTOCOLS = ("knn", "linear")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def default_device(device: Optional[Union[str, torch.device]] = None, option: str = "device") -> torch.device:
@@ -77,7 +76,6 @@ def check_backbone_args(name: str, args: Any, option: str = "backbone_args") -> 
     key (or a value its constructor rejects) is a one-line ConfigError naming ``option``."""
     import inspect
 
-    from .. import backbones  # noqa: F401  (registers the backbones)
     from ..config import check_args
     from ..registry import BACKBONES
 
@@ -100,7 +98,7 @@ def check_backbone_args(name: str, args: Any, option: str = "backbone_args") -> 
         except SslRsError as e:
             raise ConfigError(f"{option}: {e}") from None
         except (TypeError, ValueError, AssertionError, KeyError) as e:
-            raise ConfigError(f"{option}: backbone {name!r} rejects {args} ({_one_line(e)})") from None
+            raise ConfigError(f"{option}: backbone {name!r} rejects {args} ({one_line(e)})") from None
     return dict(args)
 
 
@@ -122,7 +120,7 @@ def load_checkpoint_backbone(path: Union[str, os.PathLike]) -> Tuple[nn.Module, 
             backbone = cfg["backbone"]["name"]
         except Exception:
             pass
-        what = f"KeyError {e}" if isinstance(e, KeyError) else _one_line(e, 160)
+        what = f"KeyError {e}" if isinstance(e, KeyError) else one_line(e, 160)
         raise ConfigError(f"{path}: {CHECKPOINT_CONFIG_KEY}: its config (backbone {backbone!r}) does not fit the "
                           f"checkpoint's weights ({what})") from None
 
@@ -153,6 +151,7 @@ def evaluate(
     ``metrics`` per protocol (percent), the sample counts and what was evaluated.
     """
     from ..augmentations import Preprocess
+    from ..augmentations.pipelines import eval_geometry
     from .features import extract_features
     from .knn import knn_evaluate
     from .linear import linear_probe
@@ -167,7 +166,8 @@ def evaluate(
         backbone_args = check_backbone_args(backbone, backbone_args)
     train = GeoDataset(data, split="train", scheme=scheme, bands=bands)
     test = GeoDataset(data, split=eval_split, scheme=scheme, bands=bands)
-    if train.target_key is None:
+    needs_labels = any(p in LABEL_PROTOCOLS for p in protocols)
+    if needs_labels and train.target_key is None:
         raise ConfigError(f"{data}: label/labels: the file has no labels to evaluate against")
     name = backbone if isinstance(backbone, str) else getattr(backbone, "name", type(backbone).__name__)
     if isinstance(backbone, str):
@@ -179,14 +179,18 @@ def evaluate(
     if in_chans is not None:
         train.check_bands(in_chans, f"backbone {name!r}")
     backbone = backbone.to(dev)
-    preprocess = Preprocess(size if size is not None else train.size[0], train.band_mean, train.band_std).to(dev)
+    # zoo weights carry their source's evaluation transforms (torchgeo's Resize(256) + CenterCrop(224))
+    side, resize = eval_geometry(backbone, size, train.size[0])
+    preprocess = Preprocess(side, train.band_mean, train.band_std, resize=resize).to(dev)
     loaders = [
         DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                    pin_memory=dev.type == "cuda", persistent_workers=False)
         for ds in (train, test)
     ]
     (x_train, y_train), (x_test, y_test) = [
-        extract_features(backbone, loader, preprocess=preprocess, device=dev, progress=progress) for loader in loaders
+        # without label protocols the sample index stands in for the target (a file may have no labels)
+        extract_features(backbone, loader, preprocess=preprocess, device=dev, progress=progress,
+                         target_key=None if needs_labels else "index") for loader in loaders
     ]
     metrics: Dict[str, Dict[str, float]] = {}
     if "knn" in protocols:
@@ -194,6 +198,10 @@ def evaluate(
             x_train, y_train, x_test, y_test, k=knn_k, temperature=knn_temperature,
             num_classes=train.num_classes or None, device=dev,
         )
+    if "geo" in protocols:
+        from .geo_probes import geo_probes
+
+        metrics["geo"] = geo_probes(x_train, train.lat, train.lon, x_test, test.lat, test.lon, seed=seed, device=dev)
     if "linear" in protocols:
         metrics["linear"] = linear_probe(
             x_train, y_train, x_test, y_test, multi_label=train.multi_label, epochs=linear_epochs,
@@ -207,6 +215,6 @@ def evaluate(
         "n_train": len(train),
         "n_test": len(test),
         "feature_dim": int(x_train.shape[1]),
-        "task": "multi-label" if train.multi_label else "single-label",
+        "task": ("multi-label" if train.multi_label else "single-label") if train.target_key else "unlabelled",
         "metrics": {k: {m: float(v) for m, v in d.items()} for k, d in metrics.items()},
     }

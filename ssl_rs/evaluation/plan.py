@@ -22,30 +22,52 @@ def evaluation_plan(cfg: DictConfig) -> Tuple[str, List[Optional[str]]]:
     return path, [None if cfg.eval.data else cfg.data.scheme]
 
 
+def eval_protocols(cfg: DictConfig) -> List[str]:
+    """``eval.protocols``, checked; by default k-NN, plus the linear probe with ``eval.linear``."""
+    from .harness import PROTOCOLS
+
+    if not cfg.eval.protocols:
+        return ["knn"] + (["linear"] if cfg.eval.linear else [])
+    protocols = list(dict.fromkeys(cfg.eval.protocols))
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"eval.protocols: unknown protocol {unknown[0]!r} (use {', '.join(PROTOCOLS)})")
+    return protocols
+
+
 def check_evaluation(cfg: DictConfig) -> Optional[str]:
     """Fail before training when the final evaluation could not run (missing file, band or split
-    scheme); return why it will be skipped when the file simply has no labels (unlabelled
-    pretraining data such as SSL4EO-S12 or Major-TOM), else None."""
+    scheme, unknown protocol); return why it will be skipped when the file simply has no labels
+    (unlabelled pretraining data such as SSL4EO-S12 or Major-TOM) and every protocol needs them,
+    else None (label protocols on a file without labels are left out, the geo probes run)."""
     from ..data.dataset import GeoDataset
+    from .harness import LABEL_PROTOCOLS
 
     path, schemes = evaluation_plan(cfg)
-    if cfg.eval.data and not Path(path).is_file():
+    protocols = eval_protocols(cfg)
+    if cfg.eval.data and not Path(path).exists():  # a file, or a folder of shards
         raise ConfigError(f"eval.data: {path} not found")
     bands = list(cfg.data.bands) if cfg.data.bands else None
-    if GeoDataset(path, bands=bands if cfg.eval.data else None).target_key is None:
+    unlabelled = GeoDataset(path, bands=bands if cfg.eval.data else None).target_key is None
+    if unlabelled and all(p in LABEL_PROTOCOLS for p in protocols):
         return (f"{path} has no labels, so the final k-NN evaluation is skipped: set eval.data to a labelled "
-                "ssl-rs file, or score the checkpoint later with `ssl-rs eval knn --checkpoint ... --data ...`")
+                "ssl-rs file, add eval.protocols=[geo] for the geo probes, or score the checkpoint later with "
+                "`ssl-rs eval knn --checkpoint ... --data ...`")
     for scheme in schemes:
         GeoDataset(path, split="train", scheme=scheme)  # a missing scheme names `ssl-rs data split`
     return None
 
 
 def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str, Any]:
-    """k-NN (and linear, if asked) on each requested split scheme, through the shared harness."""
-    from .harness import evaluate
+    """The requested protocols (:func:`eval_protocols`) on each requested split scheme, through the
+    shared harness; on a file without labels only the geo probes run."""
+    from ..data.dataset import GeoDataset
+    from .harness import LABEL_PROTOCOLS, evaluate
 
     path, schemes = evaluation_plan(cfg)
-    protocols = ["knn"] + (["linear"] if cfg.eval.linear else [])
+    protocols = eval_protocols(cfg)
+    if GeoDataset(path, bands=list(cfg.data.bands) if cfg.data.bands and cfg.eval.data else None).target_key is None:
+        protocols = [p for p in protocols if p not in LABEL_PROTOCOLS]
     backbone = method.evaluated_backbone()
     out = {}
     for scheme in schemes:

@@ -31,12 +31,15 @@ class AyushGeoClusters(GeoRegularizer):
             distinct locations). Ayush et al. use 100.
         seed: k-means seed.
         cache: keep the fitted centroids in a file beside the data and reuse them.
+        gather: accepted for ``geo.gather`` and changes nothing: the loss is a mean of per-sample
+            terms, so under DDP (equal batches per device) the average of the devices' losses and
+            gradients already is the global batch's.
     """
 
     needs = frozenset({"lat", "lon"})
 
-    def __init__(self, num_clusters: int = 100, seed: int = 0, cache: bool = True):
-        super().__init__()
+    def __init__(self, num_clusters: int = 100, seed: int = 0, cache: bool = True, gather: bool = False):
+        super().__init__(gather=gather)
         if num_clusters < 2:
             raise ConfigError(f"geo.args.num_clusters must be at least 2, got {num_clusters}")
         self.num_clusters = num_clusters

@@ -75,6 +75,9 @@ class BaseMethod(L.LightningModule):
             values are ignored). ``batch_size`` is the per-device batch; the learning rate is
             scaled with the global batch by the recipe's ``lr_scaling``.
         eval_preprocess: deterministic normalisation used for online k-NN monitoring.
+        temporal_views: with temporal positives in the batch (``image_positive``), where the
+            second view comes from: ``"different"`` (that other date), ``"same"`` (the anchor's
+            date, the positive unused), ``"mixed"`` (per sample, either with probability 1/2).
     """
 
     #: number of views the method consumes (multi-crop methods override)
@@ -103,8 +106,12 @@ class BaseMethod(L.LightningModule):
         eval_preprocess: Optional[nn.Module] = None,
         knn_k: int = 20,
         knn_temperature: float = 0.07,
+        temporal_views: str = "different",
     ):
         super().__init__()
+        if temporal_views not in ("same", "different", "mixed"):
+            raise ConfigError(f"augmentation.temporal_views: must be same, different or mixed, got {temporal_views!r}")
+        self.temporal_views = temporal_views
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"geo.alpha must be in [0, 1], got {alpha}")
         if geo_embedding is not None and geo_embedding not in self.geo_embeddings:
@@ -175,12 +182,19 @@ class BaseMethod(L.LightningModule):
     # -- views --------------------------------------------------------------------------
     def make_views(self, batch: Mapping[str, Any]) -> List[Tensor]:
         """Augmented views of ``batch["image"]``; with temporal positives (``image_positive``,
-        another date of the same place) the second view is made from that image instead."""
+        another date of the same place) the second view is made from that image instead
+        (``temporal_views="different"``), from the anchor itself (``"same"``), or per sample from
+        either (``"mixed"``: a coin flip drawn from the step's seeded generator)."""
         if self.augmentation is None:
             raise ConfigError(f"{type(self).__name__} has no augmentation pipeline to make views with")
-        if "image_positive" not in batch:
+        if "image_positive" not in batch or self.temporal_views == "same":
             return list(self.augmentation(batch["image"]))
-        sources = [batch["image"], batch["image_positive"]]
+        second = batch["image_positive"]
+        if self.temporal_views == "mixed":
+            image = batch["image"]
+            other_date = torch.rand(image.shape[0], device=image.device) < 0.5
+            second = torch.where(other_date.view(-1, *([1] * (image.ndim - 1))), second, image)
+        sources = [batch["image"], second]
         return [self.augmentation.view(sources[i == 1], i) for i in range(self.augmentation.n_views)]
 
     # -- training -----------------------------------------------------------------------
@@ -205,7 +219,6 @@ class BaseMethod(L.LightningModule):
         self.log("train/loss_ssl", loss_ssl, batch_size=batch_size, sync_dist=True)
         for key, value in logs.items():
             self.log(f"train/{key}", value, batch_size=batch_size, sync_dist=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
         return loss
 
     # -- online k-NN monitoring (validation dataloaders: 0 = bank from train, 1 = queries) ----

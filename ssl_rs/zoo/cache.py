@@ -4,10 +4,16 @@ The file is streamed to a temporary file inside the cache directory while its sh
 computed; only a file whose size and hash match is renamed (atomically) to its final name.
 A failed, truncated or interrupted transfer leaves nothing in the cache.
 
-Cache hits: the size is checked every time; the hash is recorded in a ``<file>.sha256``
+An entry that knows only the first digits of its sha256 (``sha256_prefix``, the 8 hex digits in
+torchgeo's file names) is checked the way torch.hub's ``check_hash`` checks it: the file's sha256
+must start with them. A registered size is compared with the server's ``Content-Length`` before
+the body is read (a changed file costs no download), and with the bytes received after.
+
+Cache hits: the size is checked every time; the full hash is recorded in a ``<file>.sha256``
 sidecar written after a verified download and trusted on later hits (re-hashing 100 MB on
-every load would cost more than it protects against). A file without a matching sidecar is
-hashed once; a cached file that fails either check is deleted and downloaded again.
+every load would cost more than it protects against). For a prefix-only entry the sidecar is
+where its full sha256 becomes known. A file without a matching sidecar is hashed once; a cached
+file that fails either check is deleted and downloaded again.
 """
 
 from __future__ import annotations
@@ -50,14 +56,18 @@ def cached_path(entry: WeightsEntry, root: Optional[Path] = None) -> Path:
 
 
 def _expected_hash(entry: WeightsEntry, sha256: Optional[str], allow_unverified: bool) -> Optional[str]:
+    """The full sha256 the file must have, or None (then a prefix, or nothing, is checked)."""
     if sha256 is not None:
         sha256 = sha256.strip().lower()
         if not SHA256_RE.match(sha256):
             raise DataError(f"--sha256: expected 64 hex digits, got {sha256!r}")
         if entry.sha256 is not None and sha256 != entry.sha256:
             raise DataError(f"weights {entry.name!r}: --sha256 {sha256} differs from the registered {entry.sha256}")
+        if entry.sha256_prefix is not None and not sha256.startswith(entry.sha256_prefix):
+            raise DataError(f"weights {entry.name!r}: --sha256 {sha256} does not start with the registered prefix "
+                            f"{entry.sha256_prefix}")
         return sha256
-    if entry.sha256 is None and not allow_unverified:
+    if entry.sha256 is None and entry.sha256_prefix is None and not allow_unverified:
         raise UnverifiedWeightsError(
             f"weights {entry.name!r} have no verified sha256: pass --sha256 HEX (Python: sha256=...) "
             "from a source you trust, or allow_unverified=True to accept whatever the server sends"
@@ -69,6 +79,10 @@ def _write_sidecar(path: Path, digest: str) -> None:
     write_text(path.with_name(path.name + ".sha256"), digest + "\n", announce=False)
 
 
+def _hash_ok(digest: str, expected: Optional[str], prefix: Optional[str]) -> bool:
+    return (expected is None or digest == expected) and (prefix is None or digest.startswith(prefix))
+
+
 def _check_cached(path: Path, entry: WeightsEntry, expected: Optional[str]) -> bool:
     """True if the cached file can be used; a bad one is removed."""
     if not path.is_file():
@@ -78,10 +92,10 @@ def _check_cached(path: Path, entry: WeightsEntry, expected: Optional[str]) -> b
         _remove(path, sidecar)
         return False
     recorded = sidecar.read_text().strip() if sidecar.is_file() else None
-    if recorded is not None and (expected is None or recorded == expected):
+    if recorded is not None and _hash_ok(recorded, expected, entry.sha256_prefix):
         return True
     digest = sha256_file(path)
-    if expected is not None and digest != expected:
+    if not _hash_ok(digest, expected, entry.sha256_prefix):
         _remove(path, sidecar)
         return False
     _write_sidecar(path, digest)
@@ -107,8 +121,10 @@ def download(
     """Return the path of the verified, cached weights file, downloading it if needed.
 
     ``sha256`` supplies the hash of an entry registered without one (it must agree with a
-    registered one). ``allow_unverified=True`` accepts an entry without any hash: it warns
-    loudly and records the computed hash next to the file.
+    registered hash or prefix). An entry with only ``sha256_prefix`` downloads as torch.hub would
+    (the file's hash must start with it); the full hash is then recorded next to the file.
+    ``allow_unverified=True`` accepts an entry without any hash: it warns loudly and records the
+    computed hash next to the file.
     """
     entry = weights if isinstance(weights, WeightsEntry) else ZOO.get(weights)
     expected = _expected_hash(entry, sha256, allow_unverified)
@@ -132,12 +148,15 @@ def download(
             raise DataError(f"{entry.url}: size: got {n_bytes} bytes, expected {entry.size} (truncated or changed file)")
         if expected is not None and digest != expected:
             raise DataError(f"{entry.url}: sha256: got {digest}, expected {expected}; the file was not cached")
+        if entry.sha256_prefix is not None and not digest.startswith(entry.sha256_prefix):
+            raise DataError(f"{entry.url}: sha256: got {digest}, expected one starting with {entry.sha256_prefix}; "
+                            "the file was not cached")
         output.commit()  # atomic: the cache holds a verified file or nothing
     except BaseException as e:
         output.__exit__(type(e), e, None)  # removes the part file; a full disk becomes one line
         raise
     _write_sidecar(path, digest)
-    if expected is None:
+    if expected is None and entry.sha256_prefix is None:
         msg = (f"WARNING: weights {entry.name!r} were downloaded WITHOUT verification (allow_unverified); "
                f"their sha256 is {digest}: compare it with a trusted source before relying on them")
         print(msg, file=sys.stderr)
@@ -159,16 +178,20 @@ class _CheckedWriter:
 
 def _stream(entry: WeightsEntry, out, progress: bool):
     """Copy the URL into ``out``; returns (sha256 hex, bytes). Transfer errors are DataError."""
-    from tqdm.auto import tqdm
+    from ..progress import Progress
 
     digest, n_bytes = hashlib.sha256(), 0
     request = urllib.request.Request(entry.url, headers={"User-Agent": "ssl-rs"})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             length = response.headers.get("Content-Length")
+            # A changed or wrong file is refused from the header, before its body is read; without
+            # a Content-Length the size is checked after the transfer (download()).
+            if length and length.isdigit() and entry.size is not None and int(length) != entry.size:
+                raise DataError(f"{entry.url}: size: the server announces {length} bytes, expected {entry.size} "
+                                "(changed file?); nothing was downloaded")
             total = int(length) if length and length.isdigit() else entry.size
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.name,
-                      disable=not progress, file=sys.stderr, leave=False) as bar:
+            with Progress(total, entry.name, "B", enabled=progress) as bar:
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     out.write(chunk)
                     digest.update(chunk)

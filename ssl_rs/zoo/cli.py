@@ -16,7 +16,7 @@ def cmd_zoo_list(args: argparse.Namespace) -> int:
 
     rows = [{"name": e.name, "backbone": e.backbone, "bands": e.in_chans, "method": e.method,
              "regularizer": e.regularizer or "-", "data": e.pretraining_data.split(":")[0],
-             "size": _size_text(e.size), "sha256": "verified" if e.verified else "NONE", "licence": e.license}
+             "size": _size_text(e.size), "sha256": e.verification, "licence": e.license}
             for e in ZOO.entries()]
     print(markdown_table(rows, ["name", "backbone", "bands", "method", "regularizer", "data", "size", "sha256",
                                 "licence"]))
@@ -69,12 +69,12 @@ def add_zoo_parser(subparsers) -> None:
     p.set_defaults(func=cmd_zoo_list)
 
     p = zsub.add_parser("info", help="everything an entry records (URL, sha256, bands, normalisation, metrics)")
-    p.add_argument("name")
+    p.add_argument("name", help="a zoo entry (`ssl-rs zoo list`)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_zoo_info)
 
     p = zsub.add_parser("download", help="download into the cache ($SSL_RS_HOME/weights), checking size and sha256")
-    p.add_argument("name")
+    p.add_argument("name", help="a zoo entry (`ssl-rs zoo list`)")
     p.add_argument("--sha256", help="expected sha256, for entries registered without one")
     p.add_argument("--allow-unverified", action="store_true",
                    help="accept an entry without any sha256 (warns; records the computed hash)")

@@ -22,16 +22,13 @@ from typing import Any, Dict, Optional, Union
 
 from .. import __version__
 from ..checkpoint import (EncoderExport, TrainingCheckpoint, build_encoder, encoder_export, encoder_state,
-                          load_tensors_only)
+                          load_tensors_only, read_normalization)
 from ..errors import DataError, SslRsError
 from ..files import copy_file, write_bytes, write_text
+from ..text import one_line
 from .loading import SAFETENSORS_FORMAT
 from .weights import WeightsEntry, check_url
 
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_config(config_file: Path) -> Dict[str, Any]:
@@ -43,7 +40,7 @@ def _read_config(config_file: Path) -> Dict[str, Any]:
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
     except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError, ValueError, TypeError) as e:
-        raise DataError(f"{config_file}: not a readable run config ({_one_line(e)})") from None
+        raise DataError(f"{config_file}: not a readable run config ({one_line(e, 200)})") from None
     if not isinstance(cfg, dict):
         raise DataError(f"{config_file}: expected a mapping of config sections, got {type(cfg).__name__}")
     for section in ("backbone", "method"):
@@ -74,7 +71,7 @@ def _read_results(results_file: Path) -> Dict[str, Any]:
     try:
         results = json.loads(results_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{results_file}: not valid JSON ({_one_line(e)})") from None
+        raise DataError(f"{results_file}: not valid JSON ({one_line(e, 200)})") from None
     if not isinstance(results, dict):
         raise DataError(f"{results_file}: expected a JSON object, got {type(results).__name__}")
     for key in ("epochs", "steps", "train_seconds"):
@@ -140,11 +137,13 @@ def _flat_metrics(results: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def _data_facts(cfg: Dict[str, Any], bands) -> Dict[str, Any]:
-    """Normalisation and size of the training data, read from its file when it is still there."""
+def _data_facts(cfg: Dict[str, Any], bands, recorded: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Normalisation and size of the training data. The normalisation is the one the checkpoint
+    recorded (``recorded``) when it has one: the data file may be gone, moved or rewritten since
+    the run; older checkpoints fall back to the file's statistics when the file is still there."""
     data = cfg.get("data", {})
     path = data.get("path")
-    facts: Dict[str, Any] = {"path": path, "normalization": None, "size": None, "n": None}
+    facts: Dict[str, Any] = {"path": path, "normalization": recorded, "size": None, "n": None}
     if path and Path(path).is_file():
         from ..data.dataset import GeoDataset
 
@@ -152,8 +151,9 @@ def _data_facts(cfg: Dict[str, Any], bands) -> Dict[str, Any]:
             ds = GeoDataset(path, bands=bands)
         except DataError:
             return facts
-        facts.update(normalization={"type": "standardize", "mean": ds.band_mean, "std": ds.band_std},
-                     size=ds.size[0], n=len(ds))
+        facts.update(size=ds.size[0], n=len(ds))
+        if recorded is None:
+            facts["normalization"] = {"type": "standardize", "mean": ds.band_mean, "std": ds.band_std}
     return facts
 
 
@@ -185,7 +185,7 @@ def export_run(
     method_args = dict(cfg["method"].get("args") or {})
     release = _encoder_release(TrainingCheckpoint(ckpt_file, ckpt["state_dict"], cfg, bands))
     regularizer = (cfg.get("geo") or {}).get("name")
-    facts = _data_facts(cfg, bands)
+    facts = _data_facts(cfg, bands, read_normalization(ckpt, len(bands)))
     image_size = (cfg.get("augmentation") or {}).get("size") or facts["size"]
     name = name or f"{backbone}_{run.name}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -212,7 +212,8 @@ def export_run(
         name=name, url=url or weights_file.resolve().as_uri(), sha256=sha256, size=size,
         backbone=backbone, backbone_args=backbone_args, bands=tuple(bands), method=method,
         regularizer=regularizer, pretraining_data=data_text,
-        normalization=facts["normalization"] or {"type": "unknown", "note": "training data file not found"},
+        normalization=facts["normalization"] or {"type": "unknown", "note": "not in the checkpoint, and the training "
+                                                                            "data file was not found"},
         image_size=int(image_size) if image_size else 0, license=license, key_layout=release.key_layout,
         metrics=_flat_metrics(results), source=f"ssl-rs {__version__} run {run.name}",
         summary=f"{backbone} {method}" + (f" + {regularizer}" if regularizer else "") + f" on {Path(str(facts['path'])).name}",
@@ -240,7 +241,7 @@ def _encoder_release(training: TrainingCheckpoint) -> EncoderExport:
         raise DataError(str(e)) from None
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise DataError(f"{training.path}: state_dict: does not fit the run's config (backbone "
-                        f"{cfg['backbone']['name']!r}, method {training.method!r}): {_one_line(e)}") from None
+                        f"{cfg['backbone']['name']!r}, method {training.method!r}): {one_line(e, 200)}") from None
     return encoder_export(encoder, training.method)
 
 

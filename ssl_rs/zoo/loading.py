@@ -24,6 +24,12 @@ from .weights import ZOO, WeightsEntry
 
 SAFETENSORS_FORMAT = "ssl_rs.backbone"  # metadata "format" of our exported files
 MISSING_BAND_POLICIES = ("error", "zero")
+# Keys a timm-layout file may lack, as torchgeo's ViT loaders allow (``assert missing <= KEYS``):
+# the final LayerNorm then keeps its initial weight 1 / bias 0, which is what torchgeo's model
+# holds too. Every other key must be there.
+TIMM_OPTIONAL_KEYS = ("model.norm.weight", "model.norm.bias")
+# Classifier heads of the timm models a file may come from; our backbones have none.
+TIMM_HEAD_KEYS = ("fc.weight", "fc.bias", "head.weight", "head.bias")
 
 
 class UnsafeCheckpointError(SslRsError):
@@ -72,8 +78,9 @@ def read_weights_file(path: Union[str, os.PathLike]) -> Tuple[Dict[str, Any], Di
 def to_backbone_keys(state: Dict[str, Any], layout: str) -> Dict[str, Tensor]:
     """Map a state dict onto our ``Backbone`` (keys ``model.<timm keys>``).
 
-    ``timm``: a bare timm model's state dict (torchgeo's SSL4EO-S12 files); a ``module.`` prefix
-    from DataParallel is stripped and the classifier ``fc.*`` dropped (our backbones have none).
+    ``timm``: a bare timm model's state dict (torchgeo's files); a ``module.`` prefix from
+    DataParallel is stripped and the classifier (ResNet ``fc.*``, ViT ``head.weight`` /
+    ``head.bias``) dropped (our backbones have none).
     """
     if layout == "ssl_rs":
         out = dict(state)
@@ -81,7 +88,7 @@ def to_backbone_keys(state: Dict[str, Any], layout: str) -> Dict[str, Tensor]:
         out = {}
         for key, value in state.items():
             key = key[len("module."):] if key.startswith("module.") else key
-            if key.startswith(("fc.", "head.fc.")):
+            if key in TIMM_HEAD_KEYS or key.startswith("head.fc."):
                 continue
             out["model." + key] = value
     else:
@@ -141,7 +148,8 @@ def adapt_first_conv(
 
 def _entry_spec(entry: WeightsEntry, meta: Dict[str, str]) -> Dict[str, Any]:
     spec = {"backbone": entry.backbone, "backbone_args": dict(entry.backbone_args), "bands": list(entry.bands),
-            "normalization": dict(entry.normalization), "image_size": entry.image_size, "name": entry.name}
+            "normalization": dict(entry.normalization), "image_size": entry.image_size, "name": entry.name,
+            "eval_transforms": dict(entry.eval_transforms), "key_layout": entry.key_layout}
     if meta.get("format") == SAFETENSORS_FORMAT:  # an ssl-rs export says which module its keys belong to
         spec.update(_encoder_spec(Path(entry.filename), meta))
     return spec
@@ -198,7 +206,10 @@ def load_backbone(
     adapted with :func:`adapt_first_conv` (``missing`` as there). ``data``: an ssl-rs HDF5 file;
     inputs standardised with its ``band_mean`` / ``band_std`` (what the harness feeds) are mapped
     to the weights' pretraining normalisation (see :func:`match_input_normalization`). The backbone
-    carries ``.bands`` (its input bands), ``.normalization`` and ``.image_size`` from the weights.
+    carries ``.bands`` (its input bands), ``.normalization``, ``.image_size`` and
+    ``.eval_transforms`` (e.g. ``{"resize": 256, "center_crop": 224}``, which
+    :func:`ssl_rs.evaluation.harness.evaluate` applies) from the weights. A training checkpoint
+    records the normalisation of its training data, so ``data=`` works for it as for an export.
     """
     spec: Dict[str, Any]
     entry: Optional[WeightsEntry] = weights if isinstance(weights, WeightsEntry) else None
@@ -224,8 +235,10 @@ def load_backbone(
             backbone, cfg = load_checkpoint_backbone(path)  # a config that does not fit: one line
             state = dict(backbone.state_dict())
             spec = {"backbone": cfg["backbone"]["name"], "backbone_args": dict(cfg["backbone"].get("args") or {}),
-                    "bands": list(cfg["data_bands"]), "normalization": None,
-                    "image_size": cfg["augmentation"].get("size"), "name": path.stem,
+                    "bands": list(cfg["data_bands"]),
+                    # None in checkpoints written before runs recorded it (the old one-line error)
+                    "normalization": cfg.get("data_normalization"),
+                    "image_size": cfg["augmentation"].get("size"), "name": path.stem, "eval_transforms": {},
                     "encoder": "backbone" if isinstance(backbone, Backbone) else cfg["method"]["name"],
                     "method_args": dict(cfg["method"].get("args") or {})}
         else:
@@ -245,7 +258,11 @@ def load_backbone(
                                   f"by position and cannot be re-wired: give it {', '.join(from_bands)}")
             key = _stem_key(_new_encoder(spec, from_bands))
             state = adapt_first_conv(state, from_bands, to_bands, missing=missing, key=key)
+    normalization = select_bands(spec["normalization"], from_bands, to_bands)
     backbone = _new_encoder(spec, to_bands)
+    if spec.get("key_layout") == "timm":
+        fresh = backbone.state_dict()
+        state.update({k: fresh[k] for k in TIMM_OPTIONAL_KEYS if k in fresh and k not in state})
     try:
         backbone.load_state_dict(state)
     except RuntimeError as e:  # missing/unexpected keys or shapes: the file is for another backbone
@@ -255,12 +272,28 @@ def load_backbone(
         from ..data.dataset import GeoDataset
 
         stats = GeoDataset(data, bands=to_bands)
-        match_input_normalization(backbone, stats.band_mean, stats.band_std, spec["normalization"], str(data))
+        match_input_normalization(backbone, stats.band_mean, stats.band_std, normalization, str(data))
     backbone.bands = to_bands
-    backbone.normalization = spec["normalization"]
+    backbone.normalization = normalization
     backbone.image_size = spec["image_size"]
+    backbone.eval_transforms = dict(spec.get("eval_transforms") or {})
     backbone.weights_name = spec["name"]
     return backbone.eval()
+
+
+def select_bands(normalization: Optional[Dict[str, Any]], from_bands: Sequence[str],
+                 to_bands: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """A per-band normalisation re-indexed like :func:`adapt_first_conv` re-wires the stem: by band
+    name, in ``to_bands``' order. A band the weights lack (a zero filter) gets mean 0 / std 1: the
+    model ignores it, so any values do. Scalar normalisations are returned unchanged."""
+    if not normalization or normalization.get("type") != "standardize" or list(from_bands) == list(to_bands):
+        return normalization
+    mean, std = list(normalization["mean"]), list(normalization["std"])
+    if len(mean) != len(from_bands) or len(std) != len(from_bands):
+        return normalization  # match_input_normalization reports the mismatch
+    where = {b: i for i, b in enumerate(from_bands)}
+    return {**normalization, "mean": [mean[where[b]] if b in where else 0.0 for b in to_bands],
+            "std": [std[where[b]] if b in where else 1.0 for b in to_bands]}
 
 
 def _stem_key(backbone: nn.Module) -> str:

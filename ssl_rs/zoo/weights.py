@@ -1,7 +1,8 @@
 """Weights entries: what a pretrained checkpoint is, where it lives and how to check it.
 
-Like torchgeo's ``WeightsEnum`` with one difference that matters: every entry carries the
-file's sha256 and size, and :func:`ssl_rs.zoo.download` refuses a file that does not match.
+Like torchgeo's ``WeightsEnum`` with one difference that matters: an entry carries the file's
+sha256 (or, where only that is known, the hash prefix its file name carries) and size, and
+:func:`ssl_rs.zoo.download` refuses a file that does not match.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from ..errors import ConfigError
 from ..registry import NamedCollection
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A known beginning of the sha256, shorter than the whole: torchgeo names its files
+# ``<stem>-<first 8 hex digits of the sha256>.pth``, the convention torch.hub's check_hash reads.
+SHA256_PREFIX_RE = re.compile(r"^[0-9a-f]{8,63}$")
+# torch.hub's own pattern (torch.hub.HASH_REGEX): the hex digits after the last '-' before a '.'.
+FILENAME_HASH_RE = re.compile(r"-([a-f0-9]*)\.")
+# What ``eval_transforms`` may hold, in the order they apply (after the harness' standardisation).
+EVAL_TRANSFORMS = ("resize", "center_crop")
 # A weights name becomes a directory of the cache (``<cache>/<name>/<file>``) and the URL's last
 # segment its file name: both must be one plain path component, never ``..`` or a separator.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -41,6 +49,37 @@ def check_url(url: object, where: str) -> str:
                           f"name), got {name!r}")
     return url
 
+def filename_hash_prefix(filename: str) -> Optional[str]:
+    """The hash prefix a file name carries the torch.hub way (``name-<hex>.pth``), else None."""
+    found = FILENAME_HASH_RE.search(filename)
+    return found.group(1) if found and found.group(1) else None
+
+
+def check_eval_transforms(value: object, image_size: Optional[int], where: str) -> Dict[str, int]:
+    """``{"resize": R, "center_crop": C}`` (either may be absent): square side lengths in pixels,
+    ``C <= R``, ending at ``image_size`` when both are known."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: eval_transforms must be a mapping like {{'resize': 256, 'center_crop': 224}}, "
+                          f"got {value!r}")
+    unknown = sorted(set(value) - set(EVAL_TRANSFORMS))
+    if unknown:
+        raise ConfigError(f"{where}: eval_transforms: unknown {unknown[0]!r} (use {', '.join(EVAL_TRANSFORMS)})")
+    out = {}
+    for key in EVAL_TRANSFORMS:
+        if key in value:
+            side = value[key]
+            if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+                raise ConfigError(f"{where}: eval_transforms.{key} must be a side in pixels, got {side!r}")
+            out[key] = side
+    if "resize" in out and "center_crop" in out and out["center_crop"] > out["resize"]:
+        raise ConfigError(f"{where}: eval_transforms: center_crop {out['center_crop']} is larger than the resize "
+                          f"{out['resize']} it crops from")
+    final = out.get("center_crop", out.get("resize"))
+    if final is not None and image_size is not None and final != image_size:
+        raise ConfigError(f"{where}: eval_transforms end at {final} px, but image_size is {image_size}")
+    return out
+
+
 # Key layouts a weights file may use; load_backbone maps each onto our Backbone (``model.<timm keys>``).
 KEY_LAYOUTS = ("ssl_rs", "timm")
 
@@ -49,10 +88,15 @@ KEY_LAYOUTS = ("ssl_rs", "timm")
 class WeightsEntry:
     """One pretrained checkpoint.
 
-    ``sha256=None`` means no verified hash is known: downloading then needs an explicit
-    ``sha256=`` from the user or ``allow_unverified=True``. ``metrics`` are the numbers the
-    weights reached in the ssl-rs harness (empty when not measured yet); numbers published
-    elsewhere go to ``published_metrics`` with their source.
+    ``sha256=None`` means no full hash is known. With ``sha256_prefix`` (the first hex digits,
+    e.g. the 8 that torchgeo's file names carry) the download is checked the way torch.hub checks
+    it: the file's sha256 must start with the prefix; without either, downloading needs an
+    explicit ``sha256=`` from the user or ``allow_unverified=True``. ``image_size``: the
+    pretraining input side (None where the source records none). ``eval_transforms``: what the
+    source applies before the model at evaluation (``{"resize": 256, "center_crop": 224}`` is
+    torchgeo's Resize(256) + CenterCrop(224)); the harness applies it. ``metrics`` are the
+    numbers the weights reached in the ssl-rs harness (empty when not measured yet); numbers
+    published elsewhere go to ``published_metrics`` with their source.
     """
 
     name: str
@@ -64,7 +108,7 @@ class WeightsEntry:
     method: str
     pretraining_data: str
     normalization: Mapping[str, Any]
-    image_size: int
+    image_size: Optional[int]
     license: str
     backbone_args: Mapping[str, Any] = field(default_factory=dict)
     regularizer: Optional[str] = None
@@ -74,6 +118,8 @@ class WeightsEntry:
     source: str = ""
     sha256_source: str = ""
     summary: str = ""
+    sha256_prefix: Optional[str] = None
+    eval_transforms: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Checked here, not only in the CLI: an entry built through the Python API must not reach
@@ -84,6 +130,25 @@ class WeightsEntry:
         check_url(self.url, f"weights {self.name!r}")
         if self.sha256 is not None and not (isinstance(self.sha256, str) and SHA256_RE.match(self.sha256)):
             raise ConfigError(f"weights {self.name!r}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        prefix = self.sha256_prefix
+        if prefix is not None and not (isinstance(prefix, str) and SHA256_PREFIX_RE.match(prefix)):
+            raise ConfigError(f"weights {self.name!r}: sha256_prefix must be 8 to 63 lowercase hex digits, "
+                              f"got {prefix!r}")
+        if prefix is not None and self.sha256 is not None and not self.sha256.startswith(prefix):
+            raise ConfigError(f"weights {self.name!r}: sha256 {self.sha256} does not start with sha256_prefix {prefix}")
+        # A prefix is copied from the file name the publisher chose: where the name carries one
+        # the torch.hub way they must agree, so a typo in either fails here. (Not checked for full
+        # hashes: an export named e.g. ``run-20250101`` would look like one.)
+        named = filename_hash_prefix(self.filename)
+        if prefix is not None and named is not None and not (prefix.startswith(named) or named.startswith(prefix)):
+            raise ConfigError(f"weights {self.name!r}: sha256_prefix {prefix} differs from the {named} in the file "
+                              f"name {self.filename!r}")
+        size = self.image_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise ConfigError(f"weights {self.name!r}: image_size must be a side in pixels or None, got {size!r}")
+        # (0: exports written before image_size could be None, for "unknown")
+        object.__setattr__(self, "eval_transforms",
+                           check_eval_transforms(self.eval_transforms, size or None, f"weights {self.name!r}"))
         if self.key_layout not in KEY_LAYOUTS:
             raise ConfigError(f"weights {self.name!r}: key_layout must be one of {KEY_LAYOUTS}")
         object.__setattr__(self, "bands", tuple(self.bands))
@@ -94,7 +159,13 @@ class WeightsEntry:
 
     @property
     def verified(self) -> bool:
+        """A full sha256 is registered (a prefix alone is :attr:`verification` ``"prefix"``)."""
         return self.sha256 is not None
+
+    @property
+    def verification(self) -> str:
+        """``"verified"`` (full sha256), ``"prefix"`` (only its first digits) or ``"NONE"``."""
+        return "verified" if self.sha256 is not None else "prefix" if self.sha256_prefix else "NONE"
 
     @property
     def filename(self) -> str:
@@ -109,6 +180,7 @@ class WeightsEntry:
             "image_size": self.image_size, "license": self.license, "key_layout": self.key_layout,
             "metrics": dict(self.metrics), "published_metrics": dict(self.published_metrics),
             "source": self.source, "sha256_source": self.sha256_source, "summary": self.summary,
+            "sha256_prefix": self.sha256_prefix, "eval_transforms": dict(self.eval_transforms),
         }
 
 

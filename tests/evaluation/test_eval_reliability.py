@@ -150,7 +150,8 @@ def test_checkpoint_with_other_backbone_args_is_one_line_and_a_fitting_one_evalu
 def test_bad_option_is_one_line_before_the_evaluation(capsys, tmp_path, tiny_world, no_evaluation, option, value,
                                                       message):
     out_json = tmp_path / "r.json"
-    code, _, err = run_cli(capsys, "eval", "knn", "--backbone", "tiny_cnn", "--data", str(tiny_world),
+    protocol = "linear" if option == "--epochs" else "knn"  # each option exists only where it acts
+    code, _, err = run_cli(capsys, "eval", protocol, "--backbone", "tiny_cnn", "--data", str(tiny_world),
                            "--json", str(out_json), option, value)
     assert_one_line_error(code, err, message)
     assert not no_evaluation and not out_json.exists()

@@ -13,8 +13,9 @@ import pytest
 
 from ssl_rs.zoo import WeightsEntry
 
-# How a route answers: the whole file, half of it with the full Content-Length, or half with none.
-MODES = ("ok", "truncate", "truncate_no_length")
+# How a route answers: the whole file, the whole file without a Content-Length, half of it with
+# the full Content-Length, or half with none.
+MODES = ("ok", "ok_no_length", "truncate", "truncate_no_length")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -26,11 +27,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body, mode = server.routes[self.path]
         self.send_response(200)
-        if mode != "truncate_no_length":
+        if mode not in ("ok_no_length", "truncate_no_length"):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         # HTTP/1.0: the connection closes when the handler returns, so a short body is a cut transfer.
-        self.wfile.write(body if mode == "ok" else body[: len(body) // 2])
+        self.wfile.write(body if mode.startswith("ok") else body[: len(body) // 2])
 
     def log_message(self, *args) -> None:  # keep test output clean
         pass
@@ -65,6 +66,21 @@ def file_server():
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_world, tmp_path_factory) -> Path:
+    """A one-epoch MoCo v2 run on the tiny world (read-only: copy to modify)."""
+    from ssl_rs.config import load_config, packaged_config_dir
+    from ssl_rs.train import pretrain
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(packaged_config_dir() / "synthetic" / "mocov2.yaml", [
+        f"data.path={tiny_world}", f"output.dir={runs}", "data.batch_size=32", "data.num_workers=0",
+        "trainer.max_epochs=1", "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0",
+        "backbone.args.width=8", "eval.schemes=null", "method.args.queue_size=64",
+    ])
+    return Path(pretrain(cfg)["run_dir"])
 
 
 @pytest.fixture

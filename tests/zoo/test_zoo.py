@@ -16,7 +16,6 @@ import ssl_rs.zoo.cache as cache_module
 import ssl_rs.zoo.weights as weights_module
 from ssl_rs.backbones import create_backbone
 from ssl_rs.cli import main
-from ssl_rs.config import packaged_config_dir
 from ssl_rs.data.bands import S2_BANDS, S2_BANDS_L2A
 from ssl_rs.errors import ConfigError, DataError
 from ssl_rs.zoo import (
@@ -43,15 +42,19 @@ def torch_bytes(obj) -> bytes:
 
 # ----------------------------------------------------------------------------- registry
 def test_registered_entries_are_complete_and_verified():
-    assert {"resnet18_ssl4eo_s12_moco", "resnet50_ssl4eo_s12_moco", "resnet50_ssl4eo_s12_dino"} <= set(ZOO)
+    full = {"resnet18_ssl4eo_s12_moco", "resnet50_ssl4eo_s12_moco", "resnet50_ssl4eo_s12_dino"}
+    assert full <= set(ZOO)
     for entry in ZOO.entries():
-        assert entry.url.startswith("https://")
-        assert entry.sha256 is not None and len(entry.sha256) == 64
+        assert entry.url.startswith("https://") and entry.license and entry.key_layout == "timm"
+        assert entry.verification in ("verified", "prefix", "NONE") and entry.sha256_source
+    for entry in map(ZOO.get, full):
+        assert entry.sha256 is not None and len(entry.sha256) == 64 and entry.verification == "verified"
         # torchgeo names its files after the first 8 hex digits of their sha256
         assert entry.filename.rsplit("-", 1)[1].startswith(entry.sha256[:8])
-        assert entry.size > 1_000_000 and entry.license and entry.image_size == 224
+        assert entry.size > 1_000_000 and entry.image_size == 224
         assert list(entry.bands) == S2_BANDS and entry.in_chans == 13
-        assert entry.key_layout == "timm" and entry.normalization["divisor"] == 10000.0
+        assert entry.normalization["divisor"] == 10000.0
+        assert entry.eval_transforms == {"resize": 256, "center_crop": 224}
 
 
 def test_unknown_name_suggests_the_closest():
@@ -300,20 +303,7 @@ def test_weights_for_another_backbone_are_refused(file_server, ssl_rs_home, entr
 
 
 # ----------------------------------------------------------------------------- export
-@pytest.fixture(scope="module")
-def tiny_run(tiny_world, tmp_path_factory) -> Path:
-    from ssl_rs.config import load_config
-    from ssl_rs.train import pretrain
-
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = load_config(packaged_config_dir() / "synthetic" / "mocov2.yaml", [
-        f"data.path={tiny_world}", f"output.dir={runs}", "data.batch_size=32", "data.num_workers=0",
-        "trainer.max_epochs=1", "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0",
-        "backbone.args.width=8", "eval.schemes=null", "method.args.queue_size=64",
-    ])
-    return Path(pretrain(cfg)["run_dir"])
-
-
+# (tiny_run: tests/zoo/conftest.py)
 def test_export_round_trip_gives_identical_features(tiny_run, tmp_path, monkeypatch):
     from ssl_rs.checkpoint import load_encoder
 

@@ -4,7 +4,11 @@
 Every converter writes through :class:`~ssl_rs.data.layout.H5Writer` (atomic: a failed
 conversion leaves neither the output nor a temporary file), stores bands in canonical
 Sentinel-2 order by name, and takes lat/lon from the GeoTIFF georeferencing (patch centre).
-Each format is one module here that declares its :class:`Converter` (see ``base.py``).
+Each format is one module here that declares its :class:`Converter` (see ``base.py``) and its
+:class:`~ssl_rs.data.converters.parallel.ConversionPlan` (what it reads, item by item), which
+``parallel.py`` writes into one file or, with ``shard_size``, into a folder of shards with
+several processes (``convert(..., shard_size=10_000, workers=8)``, ``ssl-rs data convert ...
+--shard-size N --workers W``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ def get_converter(fmt: str) -> Converter:
 def convert(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Path:
     """Convert the dataset folder ``src`` in format ``fmt`` to the HDF5 file ``out``; returns ``out``.
 
-    ``options`` are the converter's (see ``CONVERTERS.get(fmt).options``) plus ``progress`` (bool).
+    ``options`` are the converter's (see ``CONVERTERS.get(fmt).options``) plus ``progress`` (bool),
+    ``shard_size`` (write a folder of shards of at most that many samples) and ``workers``
+    (processes writing shards).
     """
     return get_converter(fmt).convert(src, out, **options)
 

@@ -48,14 +48,31 @@ class Option:
 
 @dataclass(frozen=True)
 class Converter:
-    """A named converter: ``convert(src, out, **options) -> Path`` of the written file."""
+    """A named converter: ``convert(src, out, **options) -> Path`` of the written file.
+
+    ``plan(src, **options)``, when declared, returns the converter's
+    :class:`~ssl_rs.data.converters.parallel.ConversionPlan`, which is what lets it write a
+    sharded dataset with several processes (``shard_size``, ``workers``)."""
 
     name: str
     summary: str
     function: Callable[..., Path]
     options: Tuple[Option, ...] = ()
+    plan: Optional[Callable[..., Any]] = None
 
-    def convert(self, src: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True, **options: Any) -> Path:
+    def convert(self, src: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True,
+                shard_size: Optional[int] = None, workers: int = 1, **options: Any) -> Path:
+        """Write ``out``: one HDF5 file, or with ``shard_size`` a folder of shards of at most that
+        many samples (:mod:`ssl_rs.data.shards`) written by ``workers`` processes."""
+        from .parallel import check_sharding
+
+        if shard_size is None and workers != 1:
+            check_sharding(1, workers)
+            raise ConfigError("--workers: parallel conversion writes shards, one per task; give --shard-size N too")
+        if shard_size is not None:
+            check_sharding(shard_size, workers)
+            if self.plan is None:
+                raise ConfigError(f"--shard-size: {self.name} cannot write shards (it declares no conversion plan)")
         known = {o.name: o for o in self.options}
         unknown = sorted(set(options) - set(known))
         if unknown:
@@ -66,6 +83,13 @@ class Converter:
             for name, option in known.items()
         }
         src_dir = check_source(src)
+        if shard_size is not None:
+            from ..shards import check_output_folder
+            from .parallel import write_shards
+
+            check_output_folder(Path(out))  # a file, or a folder of something else, is refused up front
+            return write_shards(self.plan(src_dir, **values), out, shard_size=shard_size, workers=workers,
+                                progress=progress)
         out_path = check_output(out)  # a directory, or a parent that is a file, is refused up front
         return self.function(src_dir, out_path, progress=progress, **values)
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, Iterator, List, Tuple
 
-from tqdm import tqdm
+import numpy as np
 
 from ...errors import ConfigError, DataError
 from ..bands import S2_BANDS_L2A
-from ..layout import H5Writer
 from .base import CONVERTERS, Converter, Option
+from .parallel import ConversionPlan, write_file
 from .geotiff import band_files, stack_bands
 
 PATCH_SIZE = 120  # px on the 10 m grid
@@ -146,6 +146,49 @@ def acquisition_day(value: str, path: Path) -> str:
         raise DataError(f"{path}: acquisition_date: {value!r} is not 'YYYY-MM-DD hh:mm:ss'") from None
 
 
+def plan_bigearthnet(src: Path, *, labels: str = "43") -> ConversionPlan:
+    """What :func:`convert_bigearthnet` writes: one sample per patch folder, sorted."""
+    nomenclature = str(labels)
+    if nomenclature not in NOMENCLATURES:
+        raise ConfigError(f"bigearthnet: labels must be one of {NOMENCLATURES}, got {labels!r}")
+    class_names = CLASSES_43 if nomenclature == "43" else CLASSES_19
+    return ConversionPlan(
+        name="bigearthnet",
+        items=find_patches(src),
+        read=read_bigearthnet,
+        writer=dict(
+            bands=S2_BANDS_L2A,
+            size=(PATCH_SIZE, PATCH_SIZE),
+            gsd=GSD,
+            source=f"BigEarthNet-S2 v1.0 (Sumbul et al., 2019), converted from {src}",
+            class_names=class_names,
+            multi_label=True,
+            attrs={"product": "L2A", "nomenclature": nomenclature},
+        ),
+        context={"nomenclature": nomenclature},
+    )
+
+
+def read_bigearthnet(patch: Path, context: Dict[str, Any]) -> Iterator[Tuple[np.ndarray, Dict[str, Any]]]:
+    """The one sample of a patch folder: its 12 bands on the 10 m grid, labels and date."""
+    nomenclature = context["nomenclature"]
+    meta = read_metadata(patch)
+    meta_path = patch / f"{patch.name}_labels_metadata.json"
+    files = band_files(patch, S2_BANDS_L2A, f"{patch.name}_{{band}}.tif")
+    image, grid = stack_bands(files, S2_BANDS_L2A, reference="B02")
+    if (grid.height, grid.width) != (PATCH_SIZE, PATCH_SIZE):
+        size = f"{grid.height}x{grid.width} px, expected {PATCH_SIZE}x{PATCH_SIZE}"
+        raise DataError(f"{files['B02']}: size: {size}")
+    lat, lon = grid.center_latlon()
+    yield image, dict(
+        lat=lat,
+        lon=lon,
+        labels=label_indices(meta["labels"], nomenclature, meta_path),
+        time=acquisition_day(meta["acquisition_date"], meta_path),
+        name=patch.name,
+    )
+
+
 def convert_bigearthnet(src: Path, out: Path, *, labels: str = "43", progress: bool = True) -> Path:
     """Convert BigEarthNet-S2 v1.0 to the ssl-rs layout: 12 L2A bands on the 10 m grid
     (120x120, bilinear), multi-label over the 43 (or, with ``labels="19"``, the 19) classes.
@@ -153,39 +196,7 @@ def convert_bigearthnet(src: Path, out: Path, *, labels: str = "43", progress: b
     With the 19-class nomenclature a patch whose labels are all dropped keeps an all-zero
     label row (the official recommendation removes such patches; filter them if you follow it).
     """
-    nomenclature = str(labels)
-    if nomenclature not in NOMENCLATURES:
-        raise ConfigError(f"bigearthnet: labels must be one of {NOMENCLATURES}, got {labels!r}")
-    class_names = CLASSES_43 if nomenclature == "43" else CLASSES_19
-    patches = find_patches(src)
-    with H5Writer(
-        out,
-        bands=S2_BANDS_L2A,
-        size=(PATCH_SIZE, PATCH_SIZE),
-        gsd=GSD,
-        source=f"BigEarthNet-S2 v1.0 (Sumbul et al., 2019), converted from {src}",
-        class_names=class_names,
-        multi_label=True,
-        attrs={"product": "L2A", "nomenclature": nomenclature},
-    ) as writer:
-        for patch in tqdm(patches, desc="bigearthnet", unit="sample", disable=None if progress else True):
-            meta = read_metadata(patch)
-            meta_path = patch / f"{patch.name}_labels_metadata.json"
-            files = band_files(patch, S2_BANDS_L2A, f"{patch.name}_{{band}}.tif")
-            image, grid = stack_bands(files, S2_BANDS_L2A, reference="B02")
-            if (grid.height, grid.width) != (PATCH_SIZE, PATCH_SIZE):
-                size = f"{grid.height}x{grid.width} px, expected {PATCH_SIZE}x{PATCH_SIZE}"
-                raise DataError(f"{files['B02']}: size: {size}")
-            lat, lon = grid.center_latlon()
-            writer.append(
-                image,
-                lat=lat,
-                lon=lon,
-                labels=label_indices(meta["labels"], nomenclature, meta_path),
-                time=acquisition_day(meta["acquisition_date"], meta_path),
-                name=patch.name,
-            )
-    return Path(out)
+    return write_file(plan_bigearthnet(src, labels=labels), out, progress=progress)
 
 
 CONVERTERS.register(Converter(
@@ -193,4 +204,5 @@ CONVERTERS.register(Converter(
     "BigEarthNet-S2 v1.0: 12-band 120x120 L2A patches, multi-label CORINE (43 or 19 classes)",
     convert_bigearthnet,
     (Option("labels", str, "43", "CORINE nomenclature: 43 original classes or 19 classes", NOMENCLATURES),),
+    plan=plan_bigearthnet,
 ))

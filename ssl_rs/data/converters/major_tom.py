@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from ...errors import ConfigError, DataError
 from ..bands import S2_BANDS_L2A
-from ..layout import H5Writer
 from .base import CONVERTERS, Converter, Option
+from .parallel import ConversionPlan, write_file
 from .geotiff import band_files, check_aligned, open_geotiff, stack_bands
 
 GSD = 10.0
@@ -80,22 +79,11 @@ def cloud_fractions(
     return window_means(flagged, patch_size, patch_size if stride is None else stride, rows, cols)
 
 
-def convert_major_tom(
-    src: Path,
-    out: Path,
-    *,
-    patch_size: int = 128,
-    max_cloud: float = 1.0,
-    stride: Optional[int] = None,
-    progress: bool = True,
-) -> Path:
-    """Convert Major-TOM Core-S2L2A to the ssl-rs layout: each cell is cut into ``patch_size``
-    patches whose top-left corners are ``stride`` px apart (default ``stride = patch_size``:
-    non-overlapping; smaller: overlapping neighbours, larger: gaps; the partial border is dropped),
-    12 bands on the 10 m grid (bilinear), each patch with its own centre lat/lon, ``time`` from the
-    product id, ``name`` = ``<cell>_<row>_<col>`` (the patch's index in the stride grid). Patches
-    whose cloud fraction exceeds ``max_cloud`` are skipped. No ``group``: patches of one cell are
-    neighbouring places, not dates; the cells are listed in the ``tiles`` attribute."""
+def plan_major_tom(
+    src: Path, *, patch_size: int = 128, max_cloud: float = 1.0, stride: Optional[int] = None
+) -> ConversionPlan:
+    """What :func:`convert_major_tom` writes: the patches of each product folder (sorted); an
+    item's sample count is its number of patches before the cloud filter."""
     if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
         raise ConfigError(f"major-tom: patch_size must be a positive number of pixels, got {patch_size!r}")
     if stride is None:
@@ -116,33 +104,62 @@ def convert_major_tom(
                 )
             layouts.append(patch_grid(ds.height, ds.width, patch_size, stride))
     cells = [cell for _, cell, _ in products]
-    with H5Writer(
-        out,
-        bands=S2_BANDS_L2A,
-        size=(patch_size, patch_size),
-        gsd=GSD,
-        source=f"Major-TOM Core-S2L2A (Francis & Czerkawski, 2024), converted from {src}",
-        attrs={"product": "L2A", "tiles": cells, "patch_size": patch_size, "stride": stride, "max_cloud": max_cloud},
-    ) as writer, tqdm(
-        total=sum(r * c for r, c in layouts), desc="major-tom", unit="patch", disable=None if progress else True
-    ) as bar:
-        for (folder, cell, day), (rows, cols) in zip(products, layouts):
-            files = band_files(folder, S2_BANDS_L2A, BAND_PATTERN)
-            image, grid = stack_bands(files, S2_BANDS_L2A, reference="B02")
-            clouds = cloud_fractions(folder, grid, patch_size, rows, cols, stride) if max_cloud < 1.0 else None
-            # patch (r, c) covers rows r*stride .. r*stride + ps and cols c*stride .. c*stride + ps;
-            # its centre is at the fractional pixel position (r * stride + ps / 2, c * stride + ps / 2)
-            r_idx, c_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-            lat, lon = grid.latlon(r_idx * stride + patch_size / 2.0, c_idx * stride + patch_size / 2.0)
-            for r in range(rows):
-                for c in range(cols):
-                    bar.update(1)
-                    if clouds is not None and clouds[r, c] > max_cloud:
-                        continue
-                    y, x = r * stride, c * stride
-                    patch = image[:, y : y + patch_size, x : x + patch_size]
-                    writer.append(patch, lat=float(lat[r, c]), lon=float(lon[r, c]), time=day, name=f"{cell}_{r}_{c}")
-    return Path(out)
+    return ConversionPlan(
+        name="major-tom",
+        items=[(folder, cell, day, rows, cols) for (folder, cell, day), (rows, cols) in zip(products, layouts)],
+        read=read_major_tom,
+        writer=dict(
+            bands=S2_BANDS_L2A,
+            size=(patch_size, patch_size),
+            gsd=GSD,
+            source=f"Major-TOM Core-S2L2A (Francis & Czerkawski, 2024), converted from {src}",
+            attrs={"product": "L2A", "tiles": cells, "patch_size": patch_size, "stride": stride,
+                   "max_cloud": max_cloud},
+        ),
+        context={"patch_size": patch_size, "stride": stride, "max_cloud": max_cloud},
+        samples=[rows * cols for rows, cols in layouts],
+        unit="patch",
+    )
+
+
+def read_major_tom(item: Tuple[Path, str, str, int, int], context: Dict[str, Any]) -> Iterator[Tuple[np.ndarray, Dict]]:
+    """The patches of one product whose cloud fraction is at most ``max_cloud``, row by row."""
+    folder, cell, day, rows, cols = item
+    patch_size, stride, max_cloud = context["patch_size"], context["stride"], context["max_cloud"]
+    files = band_files(folder, S2_BANDS_L2A, BAND_PATTERN)
+    image, grid = stack_bands(files, S2_BANDS_L2A, reference="B02")
+    clouds = cloud_fractions(folder, grid, patch_size, rows, cols, stride) if max_cloud < 1.0 else None
+    # patch (r, c) covers rows r*stride .. r*stride + ps and cols c*stride .. c*stride + ps;
+    # its centre is at the fractional pixel position (r * stride + ps / 2, c * stride + ps / 2)
+    r_idx, c_idx = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    lat, lon = grid.latlon(r_idx * stride + patch_size / 2.0, c_idx * stride + patch_size / 2.0)
+    for r in range(rows):
+        for c in range(cols):
+            if clouds is not None and clouds[r, c] > max_cloud:
+                continue
+            y, x = r * stride, c * stride
+            patch = image[:, y : y + patch_size, x : x + patch_size]
+            yield patch, dict(lat=float(lat[r, c]), lon=float(lon[r, c]), time=day, name=f"{cell}_{r}_{c}")
+
+
+def convert_major_tom(
+    src: Path,
+    out: Path,
+    *,
+    patch_size: int = 128,
+    max_cloud: float = 1.0,
+    stride: Optional[int] = None,
+    progress: bool = True,
+) -> Path:
+    """Convert Major-TOM Core-S2L2A to the ssl-rs layout: each cell is cut into ``patch_size``
+    patches whose top-left corners are ``stride`` px apart (default ``stride = patch_size``:
+    non-overlapping; smaller: overlapping neighbours, larger: gaps; the partial border is dropped),
+    12 bands on the 10 m grid (bilinear), each patch with its own centre lat/lon, ``time`` from the
+    product id, ``name`` = ``<cell>_<row>_<col>`` (the patch's index in the stride grid). Patches
+    whose cloud fraction exceeds ``max_cloud`` are skipped. No ``group``: patches of one cell are
+    neighbouring places, not dates; the cells are listed in the ``tiles`` attribute."""
+    plan = plan_major_tom(src, patch_size=patch_size, max_cloud=max_cloud, stride=stride)
+    return write_file(plan, out, progress=progress)
 
 
 CONVERTERS.register(Converter(
@@ -154,4 +171,5 @@ CONVERTERS.register(Converter(
         Option("max_cloud", float, 1.0, "skip patches with a larger cloud fraction (0..1; 1 keeps all)"),
         Option("stride", int, None, "px between patch corners: < patch_size overlaps; default patch_size"),
     ),
+    plan=plan_major_tom,
 ))

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from tqdm import tqdm
+import numpy as np
 
 from ...errors import ConfigError, DataError
 from ..bands import S2_BANDS, S2_BANDS_L2A
-from ..layout import H5Writer
 from .base import CONVERTERS, Converter, Option
+from .parallel import ConversionPlan, write_file
 from .geotiff import band_files, open_geotiff, stack_bands
 
 # product -> (folder in the distribution, bands it has)
@@ -49,12 +49,8 @@ def find_acquisitions(root: Path) -> List[Tuple[Path, int, str]]:
     return found
 
 
-def convert_ssl4eo(
-    src: Path, out: Path, *, product: str = "L1C", size: Optional[int] = None, progress: bool = True
-) -> Path:
-    """Convert SSL4EO-S12 Sentinel-2 to the ssl-rs layout: one sample per acquisition, bands
-    resampled (bilinear) onto the 10 m grid (264x264), ``group`` = location id shared by its
-    dates, ``time`` = acquisition date; ``size`` centre-crops (e.g. 256), lat/lon follow the crop."""
+def plan_ssl4eo(src: Path, *, product: str = "L1C", size: Optional[int] = None) -> ConversionPlan:
+    """What :func:`convert_ssl4eo` writes: one sample per acquisition folder, sorted."""
     if product not in PRODUCTS:
         raise ConfigError(f"ssl4eo-s12: product must be one of {tuple(PRODUCTS)}, got {product!r}")
     bands = PRODUCTS[product][1]
@@ -67,26 +63,43 @@ def convert_ssl4eo(
             f"ssl4eo-s12: size {size} must be in 1..{min(native)} ({first} is {native[0]}x{native[1]} px)"
         )
     out_size = native if size is None else (size, size)
-    with H5Writer(
-        out,
-        bands=bands,
-        size=out_size,
-        gsd=GSD,
-        source=f"SSL4EO-S12 Sentinel-2 {product} (Wang et al., 2022), converted from {src}",
-        attrs={"product": product},
-    ) as writer:
-        bar = tqdm(acquisitions, desc="ssl4eo-s12", unit="sample", disable=None if progress else True)
-        for folder, location, day in bar:
-            files = band_files(folder, bands, BAND_PATTERN)
-            image, grid = stack_bands(files, bands, reference="B02")
-            if (grid.height, grid.width) != native:
-                expected = f"expected {native[0]}x{native[1]} like {first}"
-                raise DataError(f"{files['B02']}: size: {grid.height}x{grid.width} px, {expected}")
-            top, left = (native[0] - out_size[0]) // 2, (native[1] - out_size[1]) // 2
-            image = image[:, top : top + out_size[0], left : left + out_size[1]]
-            lat, lon = grid.center_latlon(top, left, out_size[0], out_size[1])
-            writer.append(image, lat=lat, lon=lon, time=day, group=location, name=f"{folder.parent.name}/{folder.name}")
-    return Path(out)
+    return ConversionPlan(
+        name="ssl4eo-s12",
+        items=acquisitions,
+        read=read_ssl4eo,
+        writer=dict(
+            bands=bands,
+            size=out_size,
+            gsd=GSD,
+            source=f"SSL4EO-S12 Sentinel-2 {product} (Wang et al., 2022), converted from {src}",
+            attrs={"product": product},
+        ),
+        context={"bands": bands, "native": native, "size": out_size, "first": first},
+    )
+
+
+def read_ssl4eo(item: Tuple[Path, int, str], context: Dict[str, Any]) -> Iterator[Tuple[np.ndarray, Dict[str, Any]]]:
+    """The one sample of an acquisition: bands stacked on the 10 m grid, centre-cropped."""
+    folder, location, day = item
+    bands, native, out_size = context["bands"], context["native"], context["size"]
+    files = band_files(folder, bands, BAND_PATTERN)
+    image, grid = stack_bands(files, bands, reference="B02")
+    if (grid.height, grid.width) != native:
+        expected = f"expected {native[0]}x{native[1]} like {context['first']}"
+        raise DataError(f"{files['B02']}: size: {grid.height}x{grid.width} px, {expected}")
+    top, left = (native[0] - out_size[0]) // 2, (native[1] - out_size[1]) // 2
+    image = image[:, top : top + out_size[0], left : left + out_size[1]]
+    lat, lon = grid.center_latlon(top, left, out_size[0], out_size[1])
+    yield image, dict(lat=lat, lon=lon, time=day, group=location, name=f"{folder.parent.name}/{folder.name}")
+
+
+def convert_ssl4eo(
+    src: Path, out: Path, *, product: str = "L1C", size: Optional[int] = None, progress: bool = True
+) -> Path:
+    """Convert SSL4EO-S12 Sentinel-2 to the ssl-rs layout: one sample per acquisition, bands
+    resampled (bilinear) onto the 10 m grid (264x264), ``group`` = location id shared by its
+    dates, ``time`` = acquisition date; ``size`` centre-crops (e.g. 256), lat/lon follow the crop."""
+    return write_file(plan_ssl4eo(src, product=product, size=size), out, progress=progress)
 
 
 CONVERTERS.register(Converter(
@@ -97,4 +110,5 @@ CONVERTERS.register(Converter(
         Option("product", str, "L1C", "L1C (s2c, 13 bands) or L2A (s2a, 12 bands)", tuple(PRODUCTS)),
         Option("size", int, None, "centre crop to this many pixels (e.g. 256); default: full 264"),
     ),
+    plan=plan_ssl4eo,
 ))

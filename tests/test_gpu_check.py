@@ -1,0 +1,181 @@
+"""The GPU check (benchmarks/gpu_check.sh, issue #13) without a GPU: its dry run (what CI can
+check), its driver at toy size on the CPU (a step past its budget is stopped; results are
+written), and the end-to-end throughput benchmark run for real at toy size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import gpu_check  # noqa: E402
+
+
+def run(command, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPU_CHECK_PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_dry_run_plans_every_step_within_8_minutes_and_writes_nothing(tmp_path):
+    # the interpreter is given (GPU_CHECK_PYTHON): a test must not install packages
+    out = tmp_path / "results"
+    proc = run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    for step in gpu_check.STEPS:
+        assert f"| {step.name} " in text
+    assert "PROBLEM" not in text
+    total = int(text.split("total budget ")[1].split(" s")[0])
+    assert 0 < total <= 8 * 60
+    # the plugin found the CUDA tests, and only those
+    tests = text.split("CUDA tests: ")[1].splitlines()[0].split()
+    assert "tests/geo/test_georank.py::test_cuda_matches_cpu_without_host_sync" in tests
+    assert all("cuda" in t for t in tests)
+    assert not out.exists()
+
+
+def _script(tmp_path: Path, flags) -> str:
+    path = tmp_path / "fake_bench.py"
+    path.write_text(textwrap.dedent(f"""
+        import argparse
+        parser = argparse.ArgumentParser()
+        for flag in {list(flags)!r}:  # "--name" or "--name:int"
+            name, _, kind = flag.partition(":")
+            parser.add_argument(name, type=int if kind == "int" else str)
+        parser.parse_args()
+    """))
+    return str(path)
+
+
+def test_plan_passes_optional_flags_only_when_the_script_takes_them(tmp_path):
+    script = _script(tmp_path, ["--device"])
+    step = gpu_check.Step("fake", "a fake benchmark", 10, script,
+                          optional=[("--device", "cuda"), ("--json", gpu_check.JSON)])
+    planned = gpu_check.plan(step, smoke=False, budget_scale=1.0, out=tmp_path, probe_help=True)
+    assert planned.problem is None
+    assert planned.command[1:] == [script, "--device", "cuda"]
+    assert planned.notes == ["takes no --json (yet): run without it"]
+
+
+def test_plan_reports_a_flag_the_script_does_not_take_and_a_missing_script(tmp_path):
+    script = _script(tmp_path, ["--device"])
+    step = gpu_check.Step("fake", "a fake benchmark", 10, script, args=["--device", "cuda", "--iters", "3"])
+    planned = gpu_check.plan(step, smoke=False, budget_scale=1.0, out=tmp_path, probe_help=True)
+    assert planned.problem == f"{script} does not take --iters"
+    step = gpu_check.Step("fake", "a fake benchmark", 10, _script(tmp_path, ["--iters:int"]), args=["--iters", "x"])
+    planned = gpu_check.plan(step, smoke=False, budget_scale=1.0, out=tmp_path, probe_help=True)
+    assert planned.problem.endswith("refuses its arguments: fake_bench.py: error: argument --iters: "
+                                    "invalid int value: 'x'")
+    gone = gpu_check.Step("gone", "not written yet", 10, str(tmp_path / "gone.py"), missing_ok=True)
+    assert gpu_check.plan(gone, False, 1.0, tmp_path, True).skip.endswith("does not exist yet")
+    needed = gpu_check.Step("gone", "not written yet", 10, str(tmp_path / "gone.py"))
+    assert gpu_check.plan(needed, False, 1.0, tmp_path, True).problem.endswith("not found")
+
+
+def test_cuda_tests_are_those_that_skip_without_cuda():
+    def item(*reasons):
+        marks = [SimpleNamespace(kwargs={"reason": r}) for r in reasons]
+        return SimpleNamespace(iter_markers=lambda name: marks if name == "skipif" else [])
+
+    assert gpu_check.needs_cuda(item("needs CUDA"))
+    assert gpu_check.needs_cuda(item("slow", "no GPU here"))
+    assert not gpu_check.needs_cuda(item("needs torchsort"))
+    assert not gpu_check.needs_cuda(item())
+    assert "tests/geo/test_georank.py" in gpu_check.cuda_test_files()
+
+
+def test_cuda_test_summary_fails_when_they_skip_on_a_gpu_machine():
+    out = ("SKIPPED [4] tests/augmentations/test_augmentations.py:264: needs CUDA\n"
+           "SKIPPED [1] tests/geo/test_georank.py:267: needs CUDA\n5 skipped, 31 deselected in 3.1s")
+    assert gpu_check._summary_cuda_tests(out, None, cuda=False)[0] == "skipped"
+    assert gpu_check._summary_cuda_tests(out, None, cuda=True) == (
+        "failed", "5 skipped: 5 skipped for want of CUDA on a CUDA machine", "")
+    # a skip for another reason (an optional package) on a CUDA machine is reported, not a failure
+    out = "SKIPPED [1] tests/geo/test_soft_rank.py:9: needs torchsort\n4 passed, 1 skipped in 2.0s"
+    assert gpu_check._summary_cuda_tests(out, None, cuda=True) == (None, "4 passed, 1 skipped", "")
+    assert gpu_check._summary_cuda_tests("5 passed, 31 deselected in 3.1s", None, cuda=True) == (None, "5 passed", "")
+    assert gpu_check._summary_cuda_tests("no tests ran in 0.1s", None, cuda=True)[0] == "failed"
+
+
+def test_markdown_tables_are_read_back():
+    text = "intro\n| a | b |\n|---|---:|\n| 1 | 2 |\n| 3 | 4 |\nend\n| x |\n|---|\n"
+    assert gpu_check.markdown_tables(text) == [[{"a": "1", "b": "2"}, {"a": "3", "b": "4"}], []]
+
+
+@pytest.mark.slow
+def test_without_cuda_the_check_refuses_to_run(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the check")
+    proc = run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path / "r")])
+    assert proc.returncode == 2
+    assert "no CUDA device here" in proc.stderr and "--dry-run" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_step_past_its_budget_is_stopped_and_reported(tmp_path):
+    out = tmp_path / "results"
+    # bench_augment starts torch and kornia: far more than 2% of its 45 s budget
+    proc = run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--only", "augment", "--budget-scale", "0.02",
+                "--out", str(out)])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    result = json.loads((out / "results.json").read_text())
+    (row,) = result["steps"]
+    assert row["status"] == "timeout" and row["seconds"] < 30
+    assert (out / "augment.log").read_text().startswith("$ ")
+    assert "| augment | timeout |" in " ".join((out / "results.md").read_text().split())
+
+
+def test_replicated_world_is_a_valid_file_with_every_sample_in_train(tmp_path):
+    import bench_pretrain_throughput as bench
+    import h5py
+
+    from ssl_rs.data.dataset import GeoDataset
+
+    stages = bench.make_world(tmp_path / "world.h5", n=20, base=8, size=16)
+    assert set(stages) == {"synthesise_s", "replicate_s"}
+    assert not (tmp_path / "world.base.h5").exists()
+    ds = GeoDataset(tmp_path / "world.h5", split="train", scheme="all")
+    assert len(ds) == 20
+    with h5py.File(tmp_path / "world.h5", "r") as f:
+        images, lat = f["images"][()], f["lat"][()]
+        assert f["images"].chunks == (1, 12, 16, 16)
+        assert len(f["splits/random"]) == 20
+    np.testing.assert_array_equal(images[8:16], images[:8])
+    np.testing.assert_array_equal(images[16:], images[:4])
+    assert len(np.unique(lat)) == 20  # jittered: copies are not at the same place
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_runs_at_toy_size_through_the_driver(tmp_path):
+    out = tmp_path / "results"
+    proc = run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--only", "pretrain", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads((out / "results.json").read_text())["steps"]
+    assert row["status"] == "ok", row
+    data = row["result"]
+    loop, bare = data["pretrain"], data["bare"]
+    assert loop["steps"] == data["warmup_steps"] + loop["steps_timed"]  # one epoch, warm-up then timed steps
+    assert loop["steps_timed"] == bare["steps_timed"] == 4
+    assert loop["samples_per_s"] > 0 and bare["samples_per_s"] > 0
+    assert data["ratio"] == pytest.approx(loop["samples_per_s"] / bare["samples_per_s"])
+    log = (out / "pretrain.log").read_text()
+    assert "| ssl-rs pretrain (after 2 warm-up steps) |" in log
+    assert "| bare training step, 4 pre-loaded batches |" in log
+    assert "pretrain / bare step: " in log
+    assert row["target"] in (">= 90%: met", ">= 90%: missed")
