@@ -9,19 +9,17 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
-import warnings
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-import rasterio
 import torch
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 from torch.utils.data import DistributedSampler, default_collate
 
 from ssl_rs.cli import main
+from test_converters import write_tif  # the converter tests' GeoTIFF writer (same folder)
 from ssl_rs.config import packaged_config_dir
 from ssl_rs.data.converters import convert
 from ssl_rs.data.converters.parallel import ConversionPlan, shard_tasks, write_file, write_shards
@@ -33,16 +31,6 @@ from ssl_rs.errors import DataError
 N_FILES = 40
 CLASSES = ("Forest", "River")
 
-
-def write_tif(path: Path, array: np.ndarray, transform=None, crs=None) -> None:
-    profile = dict(driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0], dtype=array.dtype)
-    if crs is not None:
-        profile.update(crs=crs, transform=transform)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as ds:
-            ds.write(array)
 
 
 def fake_eurosat(root: Path, n: int = N_FILES) -> Path:
