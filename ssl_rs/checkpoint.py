@@ -122,9 +122,22 @@ class TrainingCheckpoint:
         return dict(self.config["method"].get("args") or {})
 
 
-def read_training_checkpoint(path: PathLike, prefix: str = "") -> TrainingCheckpoint:
-    """A training checkpoint of an ssl-rs run (tensors only); one-line ConfigError otherwise."""
+def run_checkpoint(path: PathLike, prefix: str = "") -> Path:
+    """``path`` itself, or for a run directory its ``checkpoints/last.ckpt`` (so ``ssl-rs eval ...
+    --checkpoint runs/mocov2`` scores the run's last state)."""
     p = Path(path)
+    if not p.is_dir():
+        return p
+    last = p / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"{prefix}{p}: a directory without checkpoints/last.ckpt (give a run directory or a .ckpt file)")
+    return last
+
+
+def read_training_checkpoint(path: PathLike, prefix: str = "") -> TrainingCheckpoint:
+    """A training checkpoint of an ssl-rs run (tensors only), given as the file or its run
+    directory; one-line ConfigError otherwise."""
+    p = run_checkpoint(path, prefix)
     ckpt = load_tensors_only(p, prefix)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{prefix}{p}: state_dict: not a training checkpoint")

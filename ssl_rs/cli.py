@@ -36,8 +36,10 @@ def _write_json(path: Optional[str], payload: Dict) -> None:
     if path:
         from pathlib import Path
 
+        from .files import write_text
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        write_text(path, json.dumps(payload, indent=2) + "\n")  # atomic: a reader never sees half a file
 
 
 # ----------------------------------------------------------------------------- list
@@ -138,12 +140,14 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
             num_classes=args.classes,
             tiles=args.tiles,
             block_km=args.block_km,  # written with the file, before it is moved into place
+            masks=args.masks,
         )
     t = args.tiles
     places = args.n // (args.dates * t * t)
     tiles = f" x {t}x{t} tiles" if t > 1 else ""
     dates = f"{args.dates} date" + ("s" if args.dates > 1 else "")
-    print(f"wrote {out}: {args.n} synthetic samples ({places} places x {dates}{tiles})")
+    masks = ", with per-pixel masks" if args.masks else ""
+    print(f"wrote {out}: {args.n} synthetic samples ({places} places x {dates}{tiles}){masks}")
     if args.block_km > 0:
         from .data.layout import check_file
 
@@ -185,8 +189,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"samples   {info['n']}{shards}")
     print(f"bands     {len(info['bands'])}: {', '.join(info['bands'])}")
     print(f"size      {info['size'][0]} x {info['size'][1]} px at {info['gsd']} m")
-    print(f"lat       {info['lat_range'][0]:.4f} .. {info['lat_range'][1]:.4f}")
-    print(f"lon       {info['lon_range'][0]:.4f} .. {info['lon_range'][1]:.4f}")
+    if "lat_range" in info:
+        print(f"lat       {info['lat_range'][0]:.4f} .. {info['lat_range'][1]:.4f}")
+        print(f"lon       {info['lon_range'][0]:.4f} .. {info['lon_range'][1]:.4f}")
+    else:
+        print(f"locations {info['locations']}")
     print(f"columns   {', '.join(info['columns'])}")
     if "time_range" in info:
         print(f"time      {info['time_range'][0]} .. {info['time_range'][1]}")
@@ -195,6 +202,12 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     if info.get("task"):
         print(f"task      {info['task']}, {len(info['classes'])} classes")
         for name, count in info["class_counts"].items():
+            print(f"  {name:<40} {count}")
+    if "mask_classes" in info:
+        sampled = info["mask_pixels_sampled"]
+        counted = f" (pixels of {sampled[0]} of the {sampled[1]} samples, drawn at random)" if sampled else ""
+        print(f"mask      {len(info['mask_classes'])} classes, no-data value {info['mask_nodata']}; pixels{counted}:")
+        for name, count in info["mask_pixel_counts"].items():
             print(f"  {name:<40} {count}")
     for scheme, counts in info["splits"].items():
         mark = " (default)" if scheme == info["default_split"] else ""
@@ -227,9 +240,26 @@ def _check_output_file(path: str, option: str) -> None:
 
 #: ``ssl-rs eval <protocol>``: the harness protocol and what it does
 EVAL_PROTOCOLS = {"knn": "k-NN classification", "linear": "linear probe",
-                  "geo": "geo probes (similarity-distance correlation, location probe)"}
+                  "geo": "geo probes (similarity-distance correlation, location probe)",
+                  "finetune": "fine-tuning (the whole backbone and a linear head)",
+                  "segmentation": "semantic segmentation probe (frozen backbone, light decoder on per-pixel masks)"}
 #: harness parameter -> the option of the protocol command that offers it
 _PROTOCOL_OPTIONS = {"knn_k": "k", "knn_temperature": "temperature", "linear_epochs": "epochs"}
+#: ``ssl-rs eval finetune``: harness parameter -> its option's dest (the flag is ``--`` + the rest, dashed)
+_FINETUNE_OPTIONS = {"finetune_epochs": "finetune_epochs", "finetune_lr": "finetune_lr",
+                     "finetune_backbone_lr_scale": "finetune_backbone_lr_scale",
+                     "finetune_layer_decay": "finetune_layer_decay",
+                     "finetune_weight_decay": "finetune_weight_decay"}
+
+
+def _finetune_flag(param: str) -> str:
+    """``finetune_backbone_lr_scale`` -> ``--backbone-lr-scale``."""
+    return "--" + param[len("finetune_"):].replace("_", "-")
+
+
+#: ``ssl-rs eval segmentation``: harness parameter -> its option's dest and flag
+_SEGMENTATION_OPTIONS = {"segmentation_epochs": "--epochs", "segmentation_lr": "--lr",
+                         "segmentation_decoder": "--decoder"}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -242,6 +272,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        names={"size": "--size", "batch_size": "--batch-size", "num_workers": "--workers",
                               "knn_k": "--k", "knn_temperature": "--temperature", "linear_epochs": "--epochs"})
     default_device(args.device, option="--device")
+    tuned = {param: getattr(args, dest) for param, dest in _FINETUNE_OPTIONS.items() if hasattr(args, dest)}
+    if tuned:
+        from .evaluation.finetune import check_finetune_options
+
+        check_finetune_options(**{p[len("finetune_"):]: v for p, v in tuned.items()},
+                               names={p[len("finetune_"):]: _finetune_flag(p) for p in tuned})
+        own.update(tuned)
+    dense = {param: getattr(args, param) for param in _SEGMENTATION_OPTIONS if hasattr(args, param)}
+    if dense:
+        from .evaluation.segmentation import check_segmentation_options
+
+        check_segmentation_options(**{p[len("segmentation_"):]: v for p, v in dense.items()},
+                                   names={p[len("segmentation_"):]: _SEGMENTATION_OPTIONS[p] for p in dense})
+        own.update(dense)
+    if hasattr(args, "finetune_task"):  # ssl-rs eval finetune --task
+        own["finetune_task"] = args.finetune_task
     backbone_args = None
     if args.backbone_args is not None:
         if args.checkpoint or args.weights:
@@ -271,6 +317,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         bands = bands or cfg["data_bands"]  # select the bands the model was trained on, by name
         if size is None:
             size = (cfg.get("augmentation") or {}).get("size")
+    if tuned.get("finetune_layer_decay") is not None:  # named by its flag, before anything runs
+        from .evaluation.finetune import check_layer_decay
+
+        module = backbone
+        if isinstance(backbone, str):  # built on the meta device: no memory, no compute
+            import torch
+
+            from .backbones import create_backbone
+
+            with torch.device("meta"):
+                module = create_backbone(backbone, in_chans=len(bands) if bands else 3, **(backbone_args or {}))
+        check_layer_decay(module, tuned["finetune_layer_decay"], "--layer-decay")
     result = evaluate(
         backbone,
         args.data,
@@ -401,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-km", type=float, default=500.0,
                    help="block size of the spatial-block split added next to the random one (default 500, "
                         "as the demo and the synthetic zoo configs expect; 0 adds none)")
+    p.add_argument("--masks", action="store_true", help="also write per-pixel masks (semantic segmentation): "
+                   "each scene shows two classes' regions, clutter is no-data (255)")
     p.set_defaults(func=cmd_data_synth)
 
     p = dsub.add_parser("split", help="add a random or spatially blocked train/val/test split")
@@ -419,29 +479,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data_info)
 
-    ev = sub.add_parser("eval", help="evaluate a backbone's frozen features (k-NN, linear probe, geo probes)")
+    ev = sub.add_parser("eval", help="evaluate a backbone: its frozen features (k-NN, linear probe, geo probes) "
+                        "or fine-tuned")
     esub = ev.add_subparsers(dest="protocol", required=True)
     for protocol, summary in EVAL_PROTOCOLS.items():
         p = esub.add_parser(protocol, help=f"{summary} on the train/test split of an HDF5 file")
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--backbone", help="a registered backbone name (randomly initialised)")
-        src.add_argument("--checkpoint", help="a checkpoint of an ssl-rs training run (RUN/checkpoints/last.ckpt)")
+        src.add_argument("--checkpoint", help="an ssl-rs training run: its directory (RUN: its checkpoints/last.ckpt) "
+                         "or a checkpoint file")
         src.add_argument("--weights", help="a zoo entry (`ssl-rs zoo list`) or an exported .safetensors file: "
                          "its bands are matched to the data's by name, its input normalisation and "
                          "evaluation transforms applied")
         p.add_argument("--data", required=True, help="HDF5 file or folder of shards, with a split" + (
-            " (lat/lon needed, labels not)" if protocol == "geo" else ""))
+            " (lat/lon needed, labels not)" if protocol == "geo" else
+            " and per-pixel masks (labels not needed)" if protocol == "segmentation" else ""))
         p.add_argument("--scheme", help="split scheme in the file (default: the file's default)")
         p.add_argument("--eval-split", default="test", choices=["val", "test"],
                        help="the part of the split scored against the train part (default test)")
         p.add_argument("--bands", type=_names, help="band subset, in the model's order")
         p.add_argument("--size", type=int, help="resize inputs to this side (default: the checkpoint's training "
                        "size, else the data's size)")
-        p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch size (default 256)")
+        p.add_argument("--batch-size", type=int, default=256, help=(
+            "fine-tuning and evaluation" if protocol == "finetune" else
+            "decoder training and evaluation" if protocol == "segmentation" else "feature extraction") + " batch size (default 256)")
         p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: read in "
                        "the main process)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-        p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised backbone")
+        p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised backbone" + (
+            ", the head, the shuffling and the augmentation" if protocol == "finetune" else
+            ", the decoder and the shuffling" if protocol == "segmentation" else ""))
         p.add_argument("--backbone-args", help="JSON object of backbone arguments (with --backbone)")
         # each protocol's own options only on its own command: an option that would be ignored is not offered
         if protocol == "knn":
@@ -449,6 +516,32 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
         if protocol == "linear":
             p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
+        if protocol == "finetune":  # GeoRank's recipe, with a slower backbone (ssl_rs/evaluation/finetune.py)
+            p.add_argument("--epochs", dest="finetune_epochs", type=int, metavar="N", default=30,
+                           help="fine-tuning epochs (default 30, as GeoRank)")
+            p.add_argument("--lr", dest="finetune_lr", type=float, metavar="LR", default=1e-3,
+                           help="AdamW learning rate of the head, peak of the warmup + cosine schedule "
+                                "(default 0.001, as GeoRank)")
+            p.add_argument("--backbone-lr-scale", dest="finetune_backbone_lr_scale", type=float, metavar="S", default=0.1,
+                           help="the backbone learns at --lr times this (default 0.1; 1 trains both at --lr, "
+                                "as GeoRank)")
+            p.add_argument("--layer-decay", dest="finetune_layer_decay", type=float, metavar="D",
+                           help="layer-wise learning-rate decay in (0, 1] for timm backbones (ViTs: e.g. 0.75): "
+                                "each layer learns at this fraction of the one above (default: none)")
+            p.add_argument("--weight-decay", dest="finetune_weight_decay", type=float, metavar="WD", default=0.01,
+                           help="AdamW weight decay (default 0.01, as GeoRank)")
+            p.add_argument("--task", dest="finetune_task", choices=["classification", "segmentation"],
+                           default="classification", help="classification (default): a linear head on the labels; "
+                           "segmentation: the segmentation probe's decoder on the per-pixel masks")
+        if protocol == "segmentation":  # ssl_rs/evaluation/segmentation.py
+            p.add_argument("--epochs", dest="segmentation_epochs", type=int, metavar="N", default=20,
+                           help="decoder training epochs (default 20)")
+            p.add_argument("--lr", dest="segmentation_lr", type=float, metavar="LR", default=1e-3,
+                           help="AdamW learning rate of the decoder, cosine schedule (default 0.001)")
+            p.add_argument("--decoder", dest="segmentation_decoder", choices=["auto", "georank", "multilevel"],
+                           default="auto", help="georank: GeoRank's transposed convolution + bilinear upsampling on "
+                           "the last feature map (CNNs); multilevel: a few ViT blocks fused; auto (default): "
+                           "multilevel when every feature map has one size, else georank")
         p.add_argument("--json", help="also write the result to this JSON file")
         p.set_defaults(func=cmd_eval)
 

@@ -116,9 +116,17 @@ class EvalConfig:
     knn_temperature: float = 0.07
     schemes: Optional[List[str]] = None  # final k-NN on these split schemes; default: the training one
     linear: bool = False  # add the linear probe to the default protocols (eval.protocols unset)
-    # the final evaluation's protocols (knn, linear, geo); default: knn (+ linear with eval.linear)
+    # the final evaluation's protocols (knn, linear, geo, finetune, segmentation; docs/evaluation.md);
+    # default: knn (+ linear with eval.linear)
     protocols: Optional[List[str]] = None
     data: Optional[str] = None  # labelled file the final evaluation scores on; default: the pretraining file
+    # the fine-tuning protocol (eval.protocols=[finetune]; ssl_rs/evaluation/finetune.py): GeoRank's recipe
+    finetune_epochs: int = 30
+    finetune_lr: float = 1e-3  # AdamW, the head's peak rate of the warmup + cosine schedule
+    finetune_backbone_lr_scale: float = 0.1  # the backbone learns at finetune_lr times this (GeoRank: 1)
+    finetune_layer_decay: Optional[float] = None  # layer-wise lr decay in (0, 1] for timm backbones (ViTs)
+    finetune_weight_decay: float = 0.01
+    segmentation_epochs: int = 20  # decoder epochs of the segmentation probe (eval.protocols=[segmentation])
 
 
 @dataclass
@@ -356,6 +364,12 @@ def validate(cfg: DictConfig) -> None:
         ("optimizer.weight_decay", non_negative, ">= 0"),
         ("eval.knn_k", positive, "a positive integer"),
         ("eval.knn_temperature", positive, "> 0"),
+        ("eval.finetune_epochs", positive, "a positive integer"),
+        ("eval.finetune_lr", lambda x: 0 < x < float("inf"), "a learning rate > 0"),
+        ("eval.finetune_backbone_lr_scale", lambda x: 0 < x < float("inf"), "> 0"),
+        ("eval.finetune_layer_decay", lambda x: 0 < x <= 1, "in (0, 1] (or null for none)"),
+        ("eval.finetune_weight_decay", lambda x: 0 <= x < float("inf"), ">= 0"),
+        ("eval.segmentation_epochs", positive, "a positive integer"),
     )
     views = OmegaConf.select(cfg, "augmentation.temporal_views")
     if views is not None and views not in TEMPORAL_VIEWS:

@@ -24,9 +24,11 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import RunMetadata, check_resume_checkpoint, check_resume_shapes
 from .config import to_dict, validate
+from .data.loader import make_loader
 from .data.samplers import GeoNeighborBatchSampler, RankShardSampler, SeededRandomSampler
 from .errors import ConfigError, DataError, Interrupted
 from .evaluation.plan import check_evaluation, evaluate_method
+from .files import write_text
 from .interrupts import SignalHandlers, StopOnSignal, dataloader_worker_init
 from .run_directory import RunDirectory, check_run_dir, is_rank_zero, run_dir_of
 from .trainer import make_trainer, session_start
@@ -80,6 +82,7 @@ def build(cfg: DictConfig) -> BuiltRun:
         )
     bands = list(d.bands) if d.bands else None
     train_ds = GeoDataset(d.path, split="train", scheme=d.scheme, bands=bands)
+    check_locations(train_ds, cfg)
     if len(train_ds) < d.batch_size:
         raise ConfigError(
             f"data.batch_size: {d.batch_size} is larger than the {len(train_ds)} training samples of {d.path}"
@@ -127,10 +130,10 @@ def build(cfg: DictConfig) -> BuiltRun:
     if d.sampler == "geo_neighbors":
         batch_sampler = GeoNeighborBatchSampler(train_ds.lat, train_ds.lon, d.batch_size,
                                                 neighbor_km=d.neighbor_km, seed=cfg.trainer.seed)
-        train_loader = DataLoader(train_source, batch_sampler=batch_sampler, **common)
+        train_loader = make_loader(train_source, batch_sampler=batch_sampler, **common)
     elif d.sampler is None:
-        train_loader = DataLoader(train_source, batch_size=d.batch_size, drop_last=True,
-                                  sampler=SeededRandomSampler(len(train_source), cfg.trainer.seed), **common)
+        train_loader = make_loader(train_source, batch_size=d.batch_size, drop_last=True,
+                                   sampler=SeededRandomSampler(len(train_source), cfg.trainer.seed), **common)
     else:
         raise ConfigError(f"data.sampler: unknown sampler {d.sampler!r} (use geo_neighbors or leave it empty)")
 
@@ -147,6 +150,35 @@ def build(cfg: DictConfig) -> BuiltRun:
             val_loaders = [DataLoader(ds, sampler=RankShardSampler(len(ds)) if sharded else None, **eval_common)
                            for ds in (train_ds, val_ds)]
     return BuiltRun(method=method, train_loader=train_loader, val_loaders=val_loaders, train_dataset=train_ds)
+
+
+def check_locations(train_ds: GeoDataset, cfg: DictConfig) -> None:
+    """A file without lat/lon (evaluation-only data) pretrains only what reads no locations: a
+    one-line DataError naming the file and the setting that needs them (a geo regularizer, a
+    method whose batch keys include lat/lon, neighbour pairs, the geo_neighbors sampler)."""
+    if train_ds.has_location:
+        return
+    from .registry import METHODS
+
+    d = cfg.data
+    if cfg.geo.name:
+        train_ds.require_location(f"geo.name: {cfg.geo.name} (a geo regularizer)")
+    if {"lat", "lon"} & set(METHODS.get(cfg.method.name).factory.batch_keys):
+        train_ds.require_location(f"method.name: {cfg.method.name}")
+    if d.neighbor_pairs:
+        train_ds.require_location("data.neighbor_pairs")
+    if d.sampler == "geo_neighbors":
+        train_ds.require_location("data.sampler: geo_neighbors")
+
+
+def _check_eval_locations(cfg: DictConfig) -> None:
+    """The final evaluation's geo probes (``eval.protocols: [geo]``) need lat/lon in its file."""
+    from .data.dataset import GeoDataset
+    from .evaluation.plan import eval_protocols, evaluation_plan
+
+    if "geo" in eval_protocols(cfg):
+        path, _ = evaluation_plan(cfg)
+        GeoDataset(path).require_location("eval.protocols: geo (the geo probes)")
 
 
 def _paired(train_ds: GeoDataset, cfg: DictConfig):
@@ -207,7 +239,7 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
                 run = RunDirectory(run_dir).acquire()
                 run.start(fresh, cfg.output.overwrite)
                 on_interrupt.checkpointed = run.commit
-                OmegaConf.save(cfg, run_dir / "config.yaml")
+                write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg), announce=False)  # atomic, as every output
             train_seconds = _fit(trainer, built, resume, signals)
             if run is not None:
                 run.commit(finished=True)
@@ -220,7 +252,7 @@ def pretrain(cfg: DictConfig, resume: Optional[str] = None, evaluate_after: bool
                                       "config": to_dict(cfg)}
             if evaluate_after and trainer.is_global_zero:
                 _evaluate_into(result, built.method, cfg, skipped)
-                (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+                write_text(run_dir / "results.json", json.dumps(result, indent=2) + "\n", announce=False)
                 log_final_metrics(run_dir, result["config"], result["eval"], step=trainer.global_step)
             return result
         except BaseException as e:
@@ -248,6 +280,8 @@ def _check_before_writing(cfg: DictConfig, resume: Optional[str], run_dir: Path,
     if is_rank_zero():  # the other processes would find rank 0's lock
         check_run_dir(run_dir, fresh, cfg.output.overwrite)  # again under the lock
     skipped = check_evaluation(cfg) if evaluate_after else None  # before hours of training, not after
+    if evaluate_after:
+        _check_eval_locations(cfg)
     if skipped:
         log.warning("%s", skipped)
     return resume_state, skipped

@@ -4,6 +4,7 @@ one has a checkpoint; one process per run directory; bad values are one line, ex
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -285,3 +286,17 @@ def test_a_replacement_killed_before_its_first_checkpoint_is_undone_by_the_next_
     owner.release()
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "notes.txt", "results.json"]
     assert (run / "checkpoints" / "last.ckpt").read_text() == "old"
+
+
+def test_config_and_results_are_written_atomically(tiny_world, tmp_path, capsys, monkeypatch):
+    """config.yaml and results.json go through ssl_rs.files like every output: a full disk is one
+    line, not a truncated file (checkpoints, written by Lightning, are not part files)."""
+    sys.path.insert(0, str(REPO / "tests" / "data"))
+    from test_reliability import fail_writes_of_part_files  # the data tests' full-disk injector
+
+    fail_writes_of_part_files(monkeypatch, errno.ENOSPC)
+    rc, _, err = cli(capsys, "pretrain", "-c", str(CONFIG), *overrides(tiny_world, tmp_path, "trainer.max_epochs=1"))
+    assert rc == 2, err
+    assert f"{tmp_path / 'run' / 'config.yaml'}: no space left on device" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -3,14 +3,22 @@
 Every backbone follows one contract: ``forward(x) -> (B, D)`` pooled features and
 ``num_features = D``; ``in_chans`` is free. Build one with
 ``BACKBONES.create("resnet18", in_chans=13)`` or :func:`create_backbone`.
+
+Dense tasks (segmentation) use the second part of the contract, ``feature_maps(x) -> [(B, C_i,
+h_i, w_i), ...]``: spatial features, finest first, the last one the map the pooled features come
+from. A CNN gives the output of each stage (timm's ``forward_intermediates``: ResNet's stem and
+four stages, strides 2..32); a ViT the token grids of ``levels`` evenly spaced blocks (default 4,
+e.g. blocks 3, 6, 9, 12 of 12), each after the final LayerNorm, prefix tokens dropped, all at the
+patch grid. A backbone that cannot give maps raises a one-line ConfigError.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -36,11 +44,41 @@ class Backbone(nn.Module):
         self.timm_kwargs = dict(timm_kwargs or {})
 
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        return self.model(x)
+
+    def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ConfigError(
                 f"backbone {self.name!r} expects (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}"
             )
-        return self.model(x)
+
+    def feature_maps(self, x: Tensor, levels: Optional[int] = None) -> List[Tensor]:
+        """Spatial features of ``x`` (see the module docstring): a list of (B, C, h, w) maps, finest
+        first. ``levels``: how many ViT blocks to read (default 4); a CNN gives all its stages.
+
+        The input is seen as ``forward`` sees it: the module's forward pre-hooks run first (the
+        zoo's input renormalisation, :func:`ssl_rs.zoo.loading.match_input_normalization`)."""
+        self._check_input(x)
+        for hook in self._forward_pre_hooks.values():  # what nn.Module.__call__ does before forward
+            out = hook(self, (x,))
+            if out is not None:
+                x = out[0] if isinstance(out, tuple) else out
+        model = self.model
+        if isinstance(model, VisionTransformer):
+            depth = len(model.blocks)
+            n = 4 if levels is None else int(levels)
+            if not 1 <= n <= depth:
+                raise ConfigError(f"backbone {self.name!r}: levels must be 1..{depth} (its blocks), got {levels!r}")
+            blocks = sorted({round((i + 1) * depth / n) - 1 for i in range(n)})
+            return list(model.forward_intermediates(x, indices=blocks, norm=True, output_fmt="NCHW",
+                                                    intermediates_only=True))
+        if hasattr(model, "feature_maps"):
+            return list(model.feature_maps(x))
+        if hasattr(model, "forward_intermediates"):
+            return list(model.forward_intermediates(x, intermediates_only=True))
+        raise ConfigError(f"backbone {self.name!r} ({type(model).__name__}) gives no spatial feature maps "
+                          "(dense tasks need feature_maps(x); use a timm CNN or ViT)")
 
 
 def _check_in_chans(in_chans: int) -> int:
@@ -114,6 +152,15 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+
+    def feature_maps(self, x: Tensor) -> List[Tensor]:
+        """The output of each block (strides 1, 2, 4, 8), finest first."""
+        maps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i % 3 == 2:  # after each block's ReLU
+                maps.append(x)
+        return maps
 
 
 @BACKBONES.register("tiny_cnn")

@@ -21,7 +21,8 @@ from ..text import markdown_table
 from .runner import failed_cells, finished_rows, read_results
 from .suite import AXES, Study, load_suite
 
-MAIN_METRICS = ("acc_macro", "ap_macro")
+# a segmentation column (mean IoU) stands in for the classification metric, as ap_macro does
+MAIN_METRICS = ("acc_macro", "ap_macro", "miou")
 Column = Tuple[str, str, str]  # (eval data, scheme, protocol)
 
 
@@ -43,7 +44,7 @@ def main_metric(rows: List[Dict[str, str]], preferred: Optional[str] = None) -> 
     for name in MAIN_METRICS:
         if any(r.get(name) for r in rows):
             return name
-    raise ConfigError("results.csv: no acc_macro or ap_macro column")
+    raise ConfigError("results.csv: no acc_macro, ap_macro or miou column")
 
 
 def _value(r: Dict[str, str], metric: str) -> Optional[float]:
@@ -81,7 +82,9 @@ def aggregate(rows: List[Dict[str, str]], key_axes: Sequence[str], metric: str) 
     groups: "OrderedDict[tuple, Dict[str, Any]]" = OrderedDict()
     for r in rows:
         key = tuple(r[a] for a in key_axes)
-        g = groups.setdefault(key, {"cols": OrderedDict(), "train": {}, "runs": OrderedDict(), "n_train": {}})
+        g = groups.setdefault(key, {"cols": OrderedDict(), "train": {}, "runs": OrderedDict(), "n_train": {},
+                                    "rows": []})
+        g["rows"].append(r)
         value = _value(r, metric)
         if value is not None:
             g["cols"].setdefault((r["eval_data"], r["scheme"], r["protocol"]), []).append(value)
@@ -91,8 +94,67 @@ def aggregate(rows: List[Dict[str, str]], key_axes: Sequence[str], metric: str) 
     return groups
 
 
-def study_table(rows: List[Dict[str, str]], study: Study, metric: str, link_prefix: str = "") -> Tuple[str, list]:
-    """Markdown table of one study and its key axes."""
+# ----------------------------------------------------------------------------- references
+def _reference_of(suite, rows: List[Dict[str, str]], col: Column, metric: str) -> Optional[Tuple[str, float, str]]:
+    """The published (metric, value, source) for these rows' cells in ``col``: the column's metric
+    when the suite gives it, else another of its metrics; None when the rows' cells have none or
+    disagree (a group pooling cells with different references)."""
+    if suite is None:
+        return None
+    data, scheme, protocol = col
+    found = set()
+    for method, regularizer in {(r["method"], r["regularizer"]) for r in rows}:
+        ref = {k: v for k, v in suite.reference(method, regularizer).items()
+               if k[0] == data and k[1] in (None, scheme) and k[2] == protocol}
+        if not ref:
+            return None
+        key = next((k for k in ref if k[3] == metric), None) or sorted(ref, key=lambda k: k[3])[0]
+        found.add((key[3], *ref[key]))
+    return found.pop() if len(found) == 1 else None
+
+
+def _paper_cell(rows: List[Dict[str, str]], col: Column, ref: Tuple[str, float, str], shown_metric: str) -> str:
+    """``published (measured - published)``; the metric is named when the column shows another."""
+    metric, value, _ = ref
+    measured = [float(r[metric]) for r in rows
+                if (r["eval_data"], r["scheme"], r["protocol"]) == col and r.get(metric)]
+    name = "" if metric == shown_metric else f" {metric}"
+    if not measured:
+        return f"{value:.2f}{name} (not measured)"
+    return f"{value:.2f}{name} ({np.mean(measured) - value:+.2f})"
+
+
+def reference_notes(suite, rows: List[Dict[str, str]]) -> List[str]:
+    """Where the paper columns' values come from, and the references no measured column matched."""
+    if suite is None or not suite.has_references:
+        return []
+    notes = []
+    sources = OrderedDict()
+    for axis in ("method", "regularizer"):
+        for v in suite.matrix.get(axis, []):
+            if v.reference:
+                sources.setdefault(v.source or "no source given", []).append(v.label)
+    for source, labels in sources.items():
+        notes.append(f"paper column ({', '.join(labels)}): {source}")
+    measured = {(r["eval_data"], r["scheme"], r["protocol"], m) for r in rows for m in r if r.get(m)}
+    pairs = {(r["method"], r["regularizer"]) for r in rows}
+    missed = set()
+    for method, regularizer in pairs:
+        for (data, scheme, protocol, metric) in suite.reference(method, regularizer):
+            if not any(d == data and (scheme is None or s == scheme) and p == protocol and m == metric
+                       for d, s, p, m in measured):
+                missed.add(f"{data}{'/' + scheme if scheme else ''} {protocol} {metric}")
+    if missed:
+        notes.append("references with no measured value (not run yet, or a metric the protocol does not report): "
+                     + ", ".join(sorted(missed)))
+    return notes
+
+
+def study_table(rows: List[Dict[str, str]], study: Study, metric: str, link_prefix: str = "",
+                suite=None) -> Tuple[str, list]:
+    """Markdown table of one study and its key axes. With a ``suite`` that gives published values
+    (``reference:``), each column that has some is followed by a "paper" column: the published
+    value and, in brackets, measured mean - published; empty where a row has none."""
     key_axes = list(study.compare) + [a for a in varied_axes(rows) if a not in study.compare]
     if not key_axes:
         key_axes = ["method"]
@@ -107,7 +169,15 @@ def study_table(rows: List[Dict[str, str]], study: Study, metric: str, link_pref
     for col in cols:
         means = [_mean_std(g["cols"][col])[0] for g in groups.values() if col in g["cols"]]
         best[col] = max(means) if means else None
-    header = key_axes + [f"{column_label(c, several)} {column_metric(rows, c, metric)}" for c in cols] + ["pretrain s", "seeds", "TensorBoard"]
+    refs = {(key, col): _reference_of(suite, g["rows"], col, column_metric(rows, col, metric))
+            for key, g in groups.items() for col in cols}
+    paper = {col for (_, col), ref in refs.items() if ref is not None}
+    header = key_axes
+    for c in cols:
+        header = header + [f"{column_label(c, several)} {column_metric(rows, c, metric)}"]
+        if c in paper:
+            header = header + [f"{column_label(c, several)} paper"]
+    header = header + ["pretrain s", "seeds", "TensorBoard"]
     table = []
     for key, g in groups.items():
         cells = []
@@ -119,9 +189,12 @@ def study_table(rows: List[Dict[str, str]], study: Study, metric: str, link_pref
             values = g["cols"].get(col)
             if not values:
                 cells.append("–")
-                continue
-            text = _fmt(values)
-            cells.append(f"**{text}**" if np.isclose(_mean_std(values)[0], best[col]) else text)
+            else:
+                text = _fmt(values)
+                cells.append(f"**{text}**" if np.isclose(_mean_std(values)[0], best[col]) else text)
+            if col in paper:
+                ref = refs[(key, col)]
+                cells.append(_paper_cell(g["rows"], col, ref, column_metric(rows, col, metric)) if ref else "")
         cells.append(_fmt(list(g["train"].values())).split(" ±")[0])
         cells.append(str(len(g["runs"])))
         cells.append(" ".join(f"[s{seed}]({link_prefix}{run}/tb)" for seed, run in g["runs"].values()))
@@ -321,7 +394,7 @@ def _bar_figure(rows, x_axes: Sequence[str], hue_axes: Sequence[str], metric: st
             _error_bars(ax, xs, means, stds)
         ax.set_xticks(np.arange(len(x_keys)), x_labels, fontsize=8)
         ax.set_title(panel_title(col, several), fontsize=10)
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel(f"{column_metric(rows, col, metric)} (%)")  # a multi-label or segmentation column says its own
         ax.grid(axis="y", alpha=0.3)
         if lows:
             _zoom(ax, lows, highs)
@@ -410,7 +483,7 @@ def plot_lines(rows, axis, metric, path: Optional[Path], title: str, with_time: 
         ax.set_xticks(ticks, [str(t) for t in ticks], rotation=45 if len(ticks) > 6 else 0)
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("pretraining samples" if log else "image size (px)")
-        ax.set_ylabel("pretraining time (s)" if col is None else f"{metric} (%)")
+        ax.set_ylabel("pretraining time (s)" if col is None else f"{column_metric(rows, col, metric)} (%)")
         ax.set_title("pretraining time" if col is None else panel_title(col, several), fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
@@ -457,7 +530,9 @@ def embed_run(run_dir: Path, max_samples: int = 1000, method: str = "tsne", seed
         xy = TSNE(n_components=2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
     labels_np = labels.numpy()
     cls = labels_np.argmax(1) if labels_np.ndim == 2 else labels_np
-    return {"xy": xy, "lat": ds.lat_all[idx], "lon": ds.lon_all[idx], "class": cls, "class_names": ds.class_names}
+    # pretraining data without locations (allowed without a geo regularizer): blank latitude/longitude panels
+    lat, lon = (ds.lat_all[idx], ds.lon_all[idx]) if ds.has_location else (None, None)
+    return {"xy": xy, "lat": lat, "lon": lon, "class": cls, "class_names": ds.class_names}
 
 
 def plot_embeddings(runs: List[Tuple[str, Path]], path: Optional[Path], max_samples: int, method: str):
@@ -487,6 +562,14 @@ def embedding_figure(embeddings: List[Tuple[str, Dict[str, np.ndarray]]], method
         panels = (("latitude", e["lat"], "viridis", None), ("longitude", e["lon"], "twilight", None),
                   ("class", e["class"], classes, class_norm))  # twilight: longitude wraps at ±180
         for ax, (what, values, cmap, norm) in zip(row, panels):
+            if values is None:
+                ax.text(0.5, 0.5, f"no {what}: the data has no lat/lon", ha="center", va="center",
+                        transform=ax.transAxes, fontsize=9)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"coloured by {what}", fontsize=10)
+                continue
             sc = ax.scatter(e["xy"][:, 0], e["xy"][:, 1], c=values, cmap=cmap, norm=norm, s=6, linewidths=0)
             if norm is None:
                 fig.colorbar(sc, ax=ax, label=f"{what} (°)")
@@ -546,8 +629,11 @@ def report(out: str | Path, *, embedding: Optional[str] = None, stream: Optional
     names = value_names(suite, rows)
     for study in suite.studies:
         metric = main_metric(rows, study.metric)
-        table, key_axes = study_table(rows, study, metric)
+        table, key_axes = study_table(rows, study, metric, suite=suite)
         md += [f"## {study.title}", "", table, ""]
+        if suite.has_references and " paper |" in table.splitlines()[0] + " |":
+            md += ["paper: the published value (measured mean - published value in brackets); sources in the "
+                   "notes.", ""]
         name = f"bars_{study.name}.png"
         plot_bars(rows, key_axes, metric, out / name, study.title, names)
         plots.append(name)
@@ -578,6 +664,7 @@ def report(out: str | Path, *, embedding: Optional[str] = None, stream: Optional
         else:
             notes.append(f"{name} skipped: the suite does not vary `{axis}`.")
 
+    notes += reference_notes(suite, rows)
     method = embedding or suite.report.get("embedding", "tsne")
     runs = _embedding_runs(rows, int(suite.report.get("embedding_runs", 6)), out)
     if runs:

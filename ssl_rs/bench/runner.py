@@ -30,7 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..data.shards import INDEX_NAME
+from ..errors import ConfigError, SslRsError
 from ..files import copy_file, write_text
 from ..progress import format_duration
 from ..run_directory import run_dir_of
@@ -112,8 +113,9 @@ def prepare_dataset(spec: DataSpec, out: Path, label: str, progress: bool = Fals
             if spec.kind == "synth":
                 from ..data.synth import synthesize
 
+                extra = {"masks": True} if params.get("masks") else {}  # only where asked: older synthesize has none
                 synthesize(path, n=params["n"], size=params["size"], seed=params["seed"], dates=params["dates"],
-                           num_classes=params["classes"], tiles=params.get("tiles", 1), progress=progress)
+                           num_classes=params["classes"], tiles=params.get("tiles", 1), progress=progress, **extra)
             else:
                 from ..data.converters import convert
 
@@ -130,8 +132,13 @@ def check_data_sources(suite: Suite) -> None:
                                       for i, d in enumerate(suite.eval_datasets) if d.data is not None]
     for where, spec in specs:
         params = dict(spec.params)
-        if spec.kind == "path" and not Path(params["path"]).is_file():
-            raise ConfigError(f"{suite.path}: {where}.path: {params['path']} not found")
+        if spec.kind == "path":
+            path = Path(params["path"])
+            if path.is_dir() and not (path / INDEX_NAME).is_file():
+                raise ConfigError(f"{suite.path}: {where}.path: {path} is a folder without {INDEX_NAME} "
+                                  "(expected an HDF5 file or a sharded dataset)")
+            if not path.is_file() and not path.is_dir():
+                raise ConfigError(f"{suite.path}: {where}.path: {params['path']} not found")
         if spec.kind == "convert" and not Path(params["src"]).exists():
             raise ConfigError(f"{suite.path}: {where}.convert.src: {params['src']} not found")
 
@@ -219,10 +226,13 @@ def resolve_cell(suite: Suite, cell: Cell, out: Path, data_path: Path) -> Any:
     identity["data"]["path"] = suite.data.key  # the data's recipe, not this machine's path
     identity["trainer"].pop("progress_bar")
     evaluation = {
-        "datasets": [{"name": d.name, "data": d.data.key if d.data else "pretrain", "schemes": d.schemes}
+        # a dataset's own protocols join its entry only when given, so the ids of suites without them stay
+        "datasets": [{"name": d.name, "data": d.data.key if d.data else "pretrain", "schemes": d.schemes,
+                      **({"protocols": d.own_protocols} if d.own_protocols is not None else {})}
                      for d in suite.eval_datasets],
         "protocols": suite.protocols, "linear_epochs": suite.linear_epochs, "knn_k": suite.knn_k,
         "knn_temperature": suite.knn_temperature,
+        **({"options": suite.eval_options} if suite.eval_options else {}),
     }
     cell.id = short_hash({"config": identity, "eval": evaluation})
     cfg.output.name = cell.run_name
@@ -276,11 +286,11 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
     evaluations = {}
     for ds in suite.eval_datasets:
         for scheme in ds.schemes:
-            res = evaluate(backbone, eval_paths[ds.name], scheme=scheme, protocols=suite.protocols,
+            res = evaluate(backbone, eval_paths[ds.name], scheme=scheme, protocols=ds.protocols,
                            size=image_size, bands=ckpt_cfg["data_bands"], linear_epochs=suite.linear_epochs,
                            knn_k=suite.knn_k or cfg.eval.knn_k,
                            knn_temperature=suite.knn_temperature or cfg.eval.knn_temperature,
-                           seed=cfg.trainer.seed, progress=cfg.trainer.progress_bar)
+                           seed=cfg.trainer.seed, progress=cfg.trainer.progress_bar, **suite.eval_options)
             evaluations[f"{ds.name}/{res['scheme'] or 'default'}"] = res
             for protocol, metrics in res["metrics"].items():
                 rows.append({**base, "eval_data": ds.name, "scheme": res["scheme"] or "default",
@@ -290,12 +300,25 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
                              "run_dir": os.path.relpath(run_dir, out),
                              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "status": FINISHED, "error": ""})
-    write_text(run_dir / "bench_result.json", json.dumps(
-        {"cell_id": cell.id, "label": cell.label, "train_seconds": result["train_seconds"], "eval": evaluations},
-        indent=2) + "\n", announce=False)
+    record = {"cell_id": cell.id, "label": cell.label, "train_seconds": result["train_seconds"], "eval": evaluations}
+    reference = cell_reference(suite, cell)
+    if reference:  # the published values this cell is compared with (the report reads the current suite's)
+        record["reference"] = reference
+    write_text(run_dir / "bench_result.json", json.dumps(record, indent=2) + "\n", announce=False)
     # beside the training curves, so `tensorboard --logdir OUT/runs` compares the cells' scores too
     log_final_metrics(run_dir, to_dict(cfg), evaluations, step=result["steps"])
     return rows
+
+
+def cell_reference(suite: Suite, cell: Cell) -> List[Dict[str, Any]]:
+    """The suite's published values for a cell, as JSON: one entry per (eval dataset, scheme,
+    protocol, metric) with its value and source."""
+    out = []
+    for v in (cell.values["method"], cell.values["regularizer"]):
+        for (data, scheme, protocol, metric), value in v.reference:
+            out.append({"eval_data": data, "scheme": scheme, "protocol": protocol, "metric": metric, "value": value,
+                        "source": v.source})
+    return out
 
 
 def failure_reason(error: BaseException, limit: int = 300) -> str:
@@ -318,8 +341,8 @@ def _save_traceback(cfg: Any, error: BaseException) -> Optional[Path]:
     path = run_dir_of(cfg) / "bench_error.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(traceback.format_exception(type(error), error, error.__traceback__)))
-    except OSError:
+        write_text(path, "".join(traceback.format_exception(type(error), error, error.__traceback__)), announce=False)
+    except (OSError, SslRsError):  # files' one-line errors (a full disk) are SslRsErrors
         return None
     return path
 
@@ -364,7 +387,8 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
     copy_file(suite.path, out / "suite.yaml", announce=False)  # rewritten on every resume: not announced
     write_text(out / "cells.json", json.dumps([
         {"cell_id": c.id, "cell": c.index, "label": c.label, "run_dir": os.path.relpath(configs[c.index].output.dir, out)
-         + "/" + c.run_name, **{a: v.label for a, v in c.values.items()}} for c in cells], indent=2) + "\n",
+         + "/" + c.run_name, **{a: v.label for a, v in c.values.items()},
+         **({"reference": cell_reference(suite, c)} if cell_reference(suite, c) else {})} for c in cells], indent=2) + "\n",
         announce=False)
     data_path = prepare_dataset(suite.data, out, "pretrain", progress=progress)
     eval_paths = {d.name: (data_path if d.data is None else prepare_dataset(d.data, out, d.name, progress=progress))
@@ -406,8 +430,9 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
         append_results(results_path, rows)
         ran += 1
         main = rows[0]
-        metric = next((k for k in ("acc_macro", "ap_macro") if k in main), None)
-        score = f", {main['eval_data']}/{main['scheme']} knn {metric} {float(main[metric]):.1f}" if metric else ""
+        metric = next((k for k in ("acc_macro", "ap_macro", "miou") if k in main), None)
+        score = (f", {main['eval_data']}/{main['scheme']} {main['protocol']} {metric} {float(main[metric]):.1f}"
+                 if metric else "")
         log(f"  done in {format_duration(durations[-1])} (train {float(main['train_seconds']):.0f}s){score}")
     left = len(todo) - ran
     failed = f", {len(failures)} failed" if failures else ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,13 +27,27 @@ AXES = ("method", "regularizer", "augmentation", "subset", "image_size", "seed")
 SUITE_KEYS = ("name", "description", "data", "splits", "base_config", "overrides", "matrix", "subset_seed",
               "eval", "studies", "report")
 DATA_KEYS = ("synth", "path", "convert")
-SYNTH_KEYS = ("n", "size", "seed", "dates", "classes", "tiles")
+SYNTH_KEYS = ("n", "size", "seed", "dates", "classes", "tiles", "masks")
 SPLIT_KEYS = ("scheme", "name", "block_km", "seed", "fractions")
-EVAL_KEYS = ("datasets", "protocols", "linear_epochs", "knn_k", "knn_temperature")
-EVAL_DATASET_KEYS = ("name", "data", "splits", "schemes")
+# eval keys passed to the harness as they are, only when given (so suites without them keep their cell ids)
+FINETUNE_OPTIONS = ("finetune_epochs", "finetune_lr", "finetune_backbone_lr_scale", "finetune_layer_decay",
+                    "finetune_weight_decay")
+SEGMENTATION_OPTIONS = ("segmentation_epochs", "segmentation_lr")
+EVAL_OPTIONS = FINETUNE_OPTIONS + SEGMENTATION_OPTIONS
+EVAL_KEYS = ("datasets", "protocols", "linear_epochs", "knn_k", "knn_temperature") + EVAL_OPTIONS
+EVAL_DATASET_KEYS = ("name", "data", "splits", "schemes", "protocols")
 STUDY_KEYS = ("name", "title", "compare", "metric")
 REPORT_KEYS = ("embedding", "embedding_samples", "embedding_runs")
-PROTOCOLS = ("knn", "linear")
+# Evaluation protocols are the harness's (ssl_rs.evaluation.harness.PROTOCOLS), read when a suite
+# is loaded, so a protocol added there is accepted here without a change.
+# The metrics a reference may name, per protocol. A protocol not listed here takes the names of
+# harness.PROTOCOL_METRICS where the harness declares them; otherwise any lower-case name is
+# accepted, and the report notes a reference whose metric was never measured.
+CLASSIFICATION_METRICS = ("acc_macro", "acc_micro", "ap_macro", "ap_micro")
+# ``iou_<class>``: any name that starts with ``iou_`` (one per class of the data).
+SEGMENTATION_METRICS = ("miou", "f1_macro", "pixel_acc", "iou_<class>")
+REFERENCE_METRICS = {"knn": CLASSIFICATION_METRICS, "linear": CLASSIFICATION_METRICS,
+                     "finetune": CLASSIFICATION_METRICS, "segmentation": SEGMENTATION_METRICS}
 # Overrides every cell gets: the runner owns where runs go and prints its own progress line.
 RUNNER_OWNED = ("output.dir", "output.name", "output.overwrite", "data.path")
 
@@ -103,6 +117,13 @@ def _parse_data(where: str, data: Any, base: Path, splits: Any = None, splits_wh
     if kind == "synth":
         params = _check_keys(f"{where}.synth", value, SYNTH_KEYS)
         params = {"n": 2000, "size": 32, "seed": 0, "dates": 1, "classes": 8, **params}
+        if "masks" in params:
+            if not isinstance(params["masks"], bool):
+                raise ConfigError(f"{where}.synth.masks: expected true or false, got {params['masks']!r}")
+            if not params["masks"]:
+                del params["masks"]  # the default: no change to the data's identity
+            else:
+                _check_synth_masks(f"{where}.synth.masks")
     elif kind == "path":
         params = {"path": str(_resolve(base, value))}
     else:
@@ -111,6 +132,33 @@ def _parse_data(where: str, data: Any, base: Path, splits: Any = None, splits_wh
             raise ConfigError(f"{where}.convert: needs 'format' and 'src'")
         params = {"format": value["format"], "src": str(_resolve(base, value["src"]))}
     return DataSpec(kind, tuple(sorted(params.items())), _parse_splits(splits_where or f"{where}.splits", splits))
+
+
+def _check_synth_masks(where: str) -> None:
+    """``masks: true`` needs a ``data synth`` that writes segmentation masks."""
+    import inspect
+
+    from ..data.synth import synthesize
+
+    if "masks" not in inspect.signature(synthesize).parameters:
+        raise ConfigError(f"{where}: this ssl-rs cannot synthesise masks (ssl_rs.data.synth.synthesize has no "
+                          "'masks' option)")
+
+
+def harness_protocols() -> Tuple[str, ...]:
+    from ..evaluation import harness
+
+    return tuple(harness.PROTOCOLS)
+
+
+def reference_metrics(protocol: str) -> Optional[Tuple[str, ...]]:
+    """The metric names a reference may give for ``protocol``; None: not declared (any name)."""
+    from ..evaluation import harness
+
+    declared = getattr(harness, "PROTOCOL_METRICS", {}) or {}
+    if protocol in declared:
+        return tuple(declared[protocol])
+    return REFERENCE_METRICS.get(protocol)
 
 
 def _resolve(base: Path, value: Any) -> Path:
@@ -131,6 +179,9 @@ class AxisValue:
     value: Any = None
     overrides: Tuple[str, ...] = ()
     geo: Optional[Tuple[Tuple[str, Any], ...]] = None  # regularizer: replaces the config's geo block
+    # published values: ((eval dataset, scheme or None, protocol, metric), value), and where from
+    reference: Tuple[Tuple[Tuple[str, Optional[str], str, str], float], ...] = ()
+    source: str = ""
 
 
 @dataclass
@@ -138,6 +189,8 @@ class EvalDataset:
     name: str
     data: Optional[DataSpec]  # None: the pretraining dataset
     schemes: List[Optional[str]]
+    own_protocols: Optional[List[str]] = None  # the dataset's own eval protocols; None: the suite's
+    protocols: List[str] = field(default_factory=list)  # what runs on it
 
 
 @dataclass
@@ -198,11 +251,26 @@ class Suite:
     knn_k: Optional[int]
     knn_temperature: Optional[float]
     studies: List[Study]
+    eval_options: Dict[str, Any] = field(default_factory=dict)  # finetune_epochs, segmentation_epochs
     report: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def varied_axes(self) -> Tuple[str, ...]:
         return tuple(a for a in AXES if len(self.matrix[a]) > 1)
+
+    def reference(self, method: str, regularizer: str) -> Dict[Tuple[str, Optional[str], str, str], Tuple[float, str]]:
+        """The published values of the cells with these method and regularizer labels (as in
+        results.csv): (eval dataset, scheme or None, protocol, metric) -> (value, source)."""
+        out: Dict[Tuple[str, Optional[str], str, str], Tuple[float, str]] = {}
+        for axis, label in (("method", method), ("regularizer", regularizer)):
+            for v in self.matrix.get(axis, []):
+                if v.label == label:
+                    out.update({k: (value, v.source) for k, value in v.reference})
+        return out
+
+    @property
+    def has_references(self) -> bool:
+        return any(v.reference for axis in ("method", "regularizer") for v in self.matrix.get(axis, []))
 
     def cells(self) -> List[Cell]:
         """The matrix in a fixed order (seed innermost), each with its config overrides."""
@@ -223,7 +291,7 @@ def _method_values(where: str, raw: Any, zoo_dir: Path) -> List[AxisValue]:
     out = []
     for i, entry in enumerate(raw):
         if isinstance(entry, dict):
-            entry = _check_keys(f"{where}[{i}]", entry, ("name", "config", "overrides"))
+            entry = _check_keys(f"{where}[{i}]", entry, ("name", "config", "overrides", "reference", "source"))
             name, config, overrides = entry.get("name"), entry.get("config"), entry.get("overrides") or []
         else:
             name, config, overrides = entry, None, []
@@ -240,6 +308,23 @@ def _method_values(where: str, raw: Any, zoo_dir: Path) -> List[AxisValue]:
             raise ConfigError(f"{where}[{i}]: unknown method {name!r}{_suggest(name, known)} (no {path})")
         out.append(AxisValue("method", name, str(path), tuple(_check_overrides(f"{where}[{i}]", overrides))))
     return out
+
+
+def _check_eval_options(where: str, options: Dict[str, Any]) -> None:
+    """The protocols' own checks, each error naming the suite's key (``eval.finetune_lr``)."""
+    from ..evaluation.finetune import check_finetune_options
+    from ..evaluation.segmentation import check_segmentation_options
+
+    def given(keys, prefix):
+        return {k[len(prefix):]: options[k] for k in keys if k in options}
+
+    try:
+        check_finetune_options(**given(FINETUNE_OPTIONS, "finetune_"),
+                               names={k[len("finetune_"):]: f"eval.{k}" for k in FINETUNE_OPTIONS})
+        check_segmentation_options(**given(SEGMENTATION_OPTIONS, "segmentation_"),
+                                   names={k[len("segmentation_"):]: f"eval.{k}" for k in SEGMENTATION_OPTIONS})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _check_overrides(where: str, overrides: Any) -> List[str]:
@@ -259,9 +344,14 @@ def _regularizer_values(where: str, raw: Any) -> List[AxisValue]:
         if entry is None or entry == "none":
             out.append(AxisValue("regularizer", "none", None, (), geo=(("name", None),)))
             continue
+        if isinstance(entry, dict) and entry.get("name", "none") in (None, "none"):  # none with a reference
+            entry = _check_keys(f"{where}[{i}]", entry, ("name", "label", "reference", "source"))
+            out.append(AxisValue("regularizer", str(entry.get("label", "none")), None, (), geo=(("name", None),)))
+            continue
         if isinstance(entry, str):
             entry = {"name": entry}
-        entry = _check_keys(f"{where}[{i}]", entry, ("name", "label", "alpha", "args", "overrides"))
+        entry = _check_keys(f"{where}[{i}]", entry, ("name", "label", "alpha", "args", "overrides", "reference",
+                                                     "source"))
         name = entry.get("name")
         if name not in REGULARIZERS:
             raise ConfigError(f"{where}[{i}]: unknown regularizer {name!r}{_suggest(name, REGULARIZERS.names())}"
@@ -315,6 +405,80 @@ def _number_values(where: str, axis: str, raw: Any) -> List[AxisValue]:
     return out
 
 
+def _parse_protocols(where: str, raw: Any) -> List[str]:
+    known = harness_protocols()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: expected a non-empty list of protocols ({', '.join(known)})")
+    for p in raw:
+        if p not in known:
+            raise ConfigError(f"{where}: unknown protocol {p!r}{_suggest(str(p), known)} (known: {', '.join(known)})")
+    if len(set(raw)) != len(raw):
+        raise ConfigError(f"{where}: a protocol is listed twice: {raw}")
+    return list(raw)
+
+
+def _parse_reference(where: str, raw: Any, datasets: List[EvalDataset]) -> Tuple[Tuple[Tuple[str, Optional[str], str, str], float], ...]:
+    """``{eval dataset[/scheme]: {protocol: {metric: value}}}`` -> sorted ((dataset, scheme, protocol,
+    metric), value) pairs; every name is checked against the suite's eval datasets, their schemes
+    and protocols, and the protocol's metrics."""
+    import re
+
+    shape = "{eval dataset: {protocol: {metric: value}}}"
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: expected a mapping {shape}, got {raw!r}")
+    by_name = {d.name: d for d in datasets}
+    out = {}
+    for task, protocols in raw.items():
+        task = str(task)
+        name, _, scheme = task.partition("/")
+        w = f"{where}.{task}"
+        if name not in by_name:
+            raise ConfigError(f"{w}: unknown eval dataset {name!r}{_suggest(name, list(by_name))} "
+                              f"(eval.datasets: {', '.join(by_name)})")
+        ds = by_name[name]
+        schemes = [str(s) for s in ds.schemes if s is not None]
+        if scheme:
+            if scheme not in schemes:
+                known = ", ".join(schemes) or "none named: it is evaluated on its default split"
+                raise ConfigError(f"{w}: eval dataset {name!r} has no scheme {scheme!r}{_suggest(scheme, schemes)} "
+                                  f"(its schemes: {known})")
+        elif len(ds.schemes) > 1:
+            raise ConfigError(f"{w}: eval dataset {name!r} is evaluated on several schemes ({', '.join(schemes)}): "
+                              f"name one, e.g. {name}/{schemes[0]}")
+        else:
+            scheme = ds.schemes[0]
+        if not isinstance(protocols, dict) or not protocols:
+            raise ConfigError(f"{w}: expected a mapping {{protocol: {{metric: value}}}}, got {protocols!r}")
+        for protocol, metrics in protocols.items():
+            wp = f"{w}.{protocol}"
+            known = harness_protocols()
+            if protocol not in known:
+                raise ConfigError(f"{wp}: unknown protocol {protocol!r}{_suggest(str(protocol), known)} "
+                                  f"(known: {', '.join(known)})")
+            if protocol not in ds.protocols:
+                raise ConfigError(f"{wp}: protocol {protocol!r} is not run on eval dataset {name!r} "
+                                  f"(its protocols: {', '.join(ds.protocols)})")
+            if not isinstance(metrics, dict) or not metrics:
+                raise ConfigError(f"{wp}: expected a mapping {{metric: value}}, got {metrics!r}")
+            allowed = reference_metrics(protocol)
+            for metric, value in metrics.items():
+                wm = f"{wp}.{metric}"
+                metric = str(metric)
+                per_class = any(a.endswith("_<class>") and metric.startswith(a[:-len("<class>")]) and
+                                metric != a[:-len("<class>")] for a in allowed or ())
+                if allowed is not None and metric not in allowed and not per_class:
+                    raise ConfigError(f"{wm}: unknown metric {metric!r} for protocol {protocol!r}"
+                                      f"{_suggest(metric, allowed)} (its metrics: {', '.join(allowed)})")
+                if allowed is None and not re.fullmatch(r"[a-z][a-z0-9_]*", metric):
+                    raise ConfigError(f"{wm}: {metric!r} is not a metric name (lower-case letters, digits, _)")
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{wm}: expected a number (the published value, in percent), got {value!r}")
+                out[(name, scheme, str(protocol), metric)] = float(value)
+    return tuple(sorted(out.items(), key=lambda kv: tuple(str(k) for k in kv[0])))
+
+
 def load_suite(path: str | Path) -> Suite:
     """Parse and validate a suite file; every problem is one ConfigError line naming the key."""
     path = Path(path)
@@ -366,10 +530,7 @@ def load_suite(path: str | Path) -> Suite:
     matrix.setdefault("seed", [AxisValue("seed", "0", 0, ("trainer.seed=0",))])
 
     ev = _check_keys(f"{where}: eval", raw.get("eval") or {}, EVAL_KEYS)
-    protocols = list(ev.get("protocols") or ["knn"])
-    for p in protocols:
-        if p not in PROTOCOLS:
-            raise ConfigError(f"{where}: eval.protocols: unknown protocol {p!r}{_suggest(p, PROTOCOLS)}")
+    protocols = _parse_protocols(f"{where}: eval.protocols", ev.get("protocols") or ["knn"])
     if "knn" not in protocols:
         protocols.insert(0, "knn")  # k-NN always runs: it is the number every table shares
     datasets = []
@@ -379,10 +540,41 @@ def load_suite(path: str | Path) -> Suite:
         spec = entry.get("data", "pretrain")
         dspec = None if spec == "pretrain" else _parse_data(f"{w}.data", spec, REPO, entry.get("splits"), f"{w}.splits")
         schemes = entry.get("schemes") or [None]
-        datasets.append(EvalDataset(str(entry.get("name", f"data{i}")), dspec, list(schemes)))
+        if not isinstance(schemes, list) or len(set(map(str, schemes))) != len(schemes):
+            raise ConfigError(f"{w}.schemes: expected a list of distinct split scheme names, got {schemes!r}")
+        # a dataset's own protocols run as given (a segmentation task has no k-NN to add)
+        own = _parse_protocols(f"{w}.protocols", entry["protocols"]) if "protocols" in entry else None
+        datasets.append(EvalDataset(str(entry.get("name", f"data{i}")), dspec, list(schemes), own,
+                                    list(own if own is not None else protocols)))
     names = [d.name for d in datasets]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: eval.datasets: names must be unique, got {names}")
+    for n in names:
+        if "/" in n:
+            raise ConfigError(f"{where}: eval.datasets: name {n!r} has a '/' (references name a scheme as NAME/SCHEME)")
+    for axis in ("method", "regularizer"):
+        raw_values = matrix_raw.get(axis) or []
+        for i, entry in enumerate(raw_values):
+            if isinstance(entry, dict) and ("reference" in entry or "source" in entry):
+                w = f"{where}: matrix.{axis}[{i}]"
+                reference = _parse_reference(f"{w}.reference", entry.get("reference"), datasets)
+                source = entry.get("source", "")
+                if not isinstance(source, str):
+                    raise ConfigError(f"{w}.source: expected a string (where the reference values come from)")
+                if source and not reference:
+                    raise ConfigError(f"{w}.source: given without a reference")
+                matrix[axis][i] = replace(matrix[axis][i], reference=reference, source=source.strip())
+    for m in matrix["method"]:
+        for r in matrix["regularizer"]:
+            both = sorted(set(dict(m.reference)) & set(dict(r.reference)))
+            if both:
+                ds, scheme, protocol, metric = both[0]
+                task = ds + (f"/{scheme}" if scheme else "")
+                raise ConfigError(f"{where}: matrix: the reference {task}.{protocol}.{metric} is given both by method "
+                                  f"{m.label!r} and by regularizer {r.label!r}; give it once")
+
+    eval_options = {key: ev[key] for key in EVAL_OPTIONS if key in ev}
+    _check_eval_options(where, eval_options)
 
     studies = []
     for i, entry in enumerate(raw.get("studies") or []):
@@ -406,5 +598,5 @@ def load_suite(path: str | Path) -> Suite:
         data=data, base_config=base_config, overrides=overrides, matrix=matrix,
         subset_seed=int(raw.get("subset_seed", 0)), eval_datasets=datasets, protocols=protocols,
         linear_epochs=int(ev.get("linear_epochs", 100)), knn_k=ev.get("knn_k"),
-        knn_temperature=ev.get("knn_temperature"), studies=studies, report=report,
+        knn_temperature=ev.get("knn_temperature"), studies=studies, report=report, eval_options=eval_options,
     )

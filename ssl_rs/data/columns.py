@@ -32,6 +32,12 @@ SPLIT_CODES = ("train", "val", "test")  # stored as uint8 0, 1, 2 in splits/<sch
 SPLIT_UNUSED = 255  # a sample left out of a scheme (e.g. a buffer zone between blocks)
 OFFICIAL_SPLIT = "official"  # the scheme H5Writer stores the ``split`` it is given as
 STRING = "UTF-8 string"  # the dtype of text columns (HDF5 variable-length UTF-8)
+MASK_NODATA = 255  # the default ``mask_nodata``: mask pixels without a label
+#: ``ssl-rs data info`` counts the mask pixels of every sample up to this many pixels, else of a
+#: random subset of whole samples holding about this many (and says so)
+MASK_SUMMARY_PIXELS = 1 << 24
+#: what needs lat/lon (the docs' "required" cell of lat and lon; error messages)
+LOCATION_USES = "pretraining with geo regularizers, geo probes, block splits"
 
 
 def string_dtype():
@@ -46,7 +52,7 @@ class Column:
 
     * ``encode(column, values, writer) -> array``: values given to ``H5Writer.append`` (a list,
       one per sample) as the array stored; wrong types are a :class:`DataError`. ``writer``
-      has ``path``, ``class_names`` and ``multi_label``.
+      has ``path``, ``size``, ``class_names``, ``multi_label``, ``mask_classes`` and ``mask_nodata``.
     * ``validate(column, values, where, first)``: raises :class:`DataError` for stored values
       that are wrong (``where`` is ``"FILE: NAME"``; row 0 of ``values`` is sample ``first``).
       Runs on every appended sample and on every file that is opened.
@@ -67,11 +73,19 @@ class Column:
     required_for: str = ""  # data that needs an optional column (docs' "required" cell)
     accepts: str = ""  # numpy dtype kinds accepted when reading; "" only dtype, STRING any HDF5 string
     per_scheme: bool = False
+    # written sample by sample into a dataset of one chunk per sample, and read per batch like
+    # images, instead of being held in memory (per-pixel columns: mask)
+    streamed: bool = False
     encode: Optional[Callable[..., np.ndarray]] = None
     validate: Optional[Callable[..., None]] = None
     warn: Optional[Callable[..., None]] = None
     summary: Optional[Callable[..., Dict[str, Any]]] = None
     to_sample: Optional[Callable[[Any], Any]] = None
+
+    @property
+    def chunks(self) -> Optional[Tuple[str, ...]]:
+        """The chunk shape of a streamed column, in axis names (one sample per chunk)."""
+        return ("1",) + self.shape[1:] if self.streamed else None
 
     @property
     def key(self) -> str:
@@ -221,6 +235,40 @@ def _encode_split(column: Column, values, writer) -> np.ndarray:
     return split_codes(values, _where(column, writer))
 
 
+def _encode_mask(column: Column, values, writer) -> np.ndarray:
+    """(H, W) arrays of integer class indices into the writer's ``mask_classes`` (or its
+    ``mask_nodata``) as uint8 rows (1, H, W)."""
+    where = _where(column, writer)
+    if writer.mask_classes is None:
+        raise DataError(f"{where}: given for sample {_first(writer)}, but the writer has no mask_classes "
+                        "(H5Writer(..., mask_classes=[class names]))")
+    out = np.empty((len(values),) + tuple(writer.size), np.uint8)
+    for i, value in enumerate(values):
+        sample = _first(writer) + i
+        mask = np.asarray(value)
+        if mask.shape != tuple(writer.size):
+            raise DataError(f"{where}: sample {sample} has shape {mask.shape}, expected {tuple(writer.size)} "
+                            "(the image's height and width)")
+        if mask.dtype.kind not in "iu":
+            raise DataError(f"{where}: sample {sample} has dtype {mask.dtype}, expected integer class indices")
+        if mask.size and (int(mask.min()) < 0 or int(mask.max()) > np.iinfo(np.uint8).max):
+            bad = int(mask.min()) if int(mask.min()) < 0 else int(mask.max())
+            raise DataError(f"{where}: sample {sample} has value {bad}, outside uint8 (0 .. 255)")
+        out[i] = mask
+        check_mask_values(out[i], writer.mask_classes, writer.mask_nodata, f"{where}: sample {sample}")
+    return out
+
+
+def check_mask_values(mask: np.ndarray, classes: Sequence[str], nodata: int, where: str) -> None:
+    """A mask's values are class indices (< len(classes)) or ``nodata``, else a DataError at the
+    first other pixel."""
+    bad = (mask >= len(classes)) & (mask != nodata)
+    if bad.any():
+        pixel = np.unravel_index(int(np.argmax(bad)), mask.shape)
+        raise DataError(f"{where} has value {int(mask[pixel])} at pixel {tuple(int(p) for p in pixel)}, expected "
+                        f"a class index 0 .. {len(classes) - 1} (mask_classes) or {nodata} (mask_nodata)")
+
+
 # ----------------------------------------------------------------------------- validation hooks
 def _within(limit: float, column: Column, values: np.ndarray, where: str, first: int) -> None:
     """Finite and within [-limit, limit] (bound with functools.partial: columns are pickled with
@@ -268,6 +316,16 @@ def _warn_split(column: Column, group, where: str, classes) -> None:
                         "1 val, 2 test, %d none)", where, scheme, int(unknown.sum()), i, int(codes[i]), SPLIT_UNUSED)
 
 
+def _warn_mask(column: Column, ds, where: str, classes) -> None:
+    names, nodata = mask_attrs(ds.file.attrs, where.rsplit(": ", 1)[0])
+    counts, _ = mask_value_counts(ds)
+    other = [v for v in np.flatnonzero(counts) if v >= len(names) and v != nodata]
+    if other:
+        log.warning("%s: %d pixels have a value that is neither a class index (0 .. %d) nor mask_nodata %d "
+                    "(values %s)", where, int(counts[other].sum()), len(names) - 1, nodata,
+                    ", ".join(str(int(v)) for v in other[:5]))
+
+
 # ----------------------------------------------------------------------------- summary hooks
 def _range(column: Column, ds, classes) -> Dict[str, Any]:
     values = ds[()]
@@ -297,6 +355,36 @@ def _time_range(column: Column, ds, classes) -> Dict[str, Any]:
     return {"time_range": [times[0], times[-1]]}
 
 
+def mask_value_counts(ds) -> Tuple[np.ndarray, Optional[List[int]]]:
+    """(256,) pixel counts per mask value of a mask dataset (N, H, W): over every sample when it
+    holds at most :data:`MASK_SUMMARY_PIXELS` pixels, else over a random subset (seed 0) of whole
+    samples holding about that many; and ``[samples counted, samples]`` when sampled, else None."""
+    n, h, w = ds.shape
+    per_sample = max(1, h * w)
+    counts = np.zeros(256, np.int64)
+    if n * per_sample <= MASK_SUMMARY_PIXELS:
+        step = max(1, (1 << 20) // per_sample)  # about 1 MB read at once
+        for start in range(0, n, step):
+            counts += np.bincount(ds[start:start + step].reshape(-1), minlength=256)[:256]
+        return counts, None
+    take = max(1, MASK_SUMMARY_PIXELS // per_sample)
+    rows = np.sort(np.random.default_rng(0).choice(n, size=take, replace=False))
+    for row in rows.tolist():
+        counts += np.bincount(ds[row].reshape(-1), minlength=256)[:256]
+    return counts, [int(take), int(n)]
+
+
+def _mask_summary(column: Column, ds, classes) -> Dict[str, Any]:
+    names, nodata = mask_attrs(ds.file.attrs, ds.file.filename)
+    counts, sampled = mask_value_counts(ds)
+    pixels = {name: int(counts[i]) for i, name in enumerate(names)}
+    pixels["no-data"] = int(counts[nodata])
+    for value in np.flatnonzero(counts).tolist():  # neither a class nor no-data (warned about)
+        if value >= len(names) and value != nodata:
+            pixels[f"value {value}"] = int(counts[value])
+    return {"mask_classes": names, "mask_nodata": nodata, "mask_pixel_counts": pixels, "mask_pixels_sampled": sampled}
+
+
 def _split_counts(column: Column, group, classes) -> Dict[str, Any]:
     splits = {}
     for scheme, ds in group.items():
@@ -318,8 +406,65 @@ def _int64(row) -> torch.Tensor:
     return torch.tensor(int(row), dtype=torch.int64)
 
 
+def _mask(row: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(row))  # uint8 class indices, as stored
+
+
 def _multi_hot(row: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(row.astype(np.float32))
+
+
+def list_attr(attrs, key: str) -> Optional[List[str]]:
+    """A list-of-strings attribute (``bands``, ``class_names``, ``mask_classes``): an array of
+    strings, or a JSON list in one string; None when absent."""
+    if key not in attrs:
+        return None
+    value = attrs[key]
+    if isinstance(value, (str, bytes)):
+        text = as_text(value)
+        value = json.loads(text) if text.startswith("[") else [text]
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(value)]
+
+
+def check_mask_classes(classes: Any, where: str) -> List[str]:
+    """``mask_classes`` as a list of 1 .. 255 distinct class names, else a DataError."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) and not isinstance(classes, np.ndarray):
+        raise DataError(f"{where}: mask_classes: expected a list of class names, got {shown(classes)}")
+    names = [as_text(c) if isinstance(c, (str, bytes, np.str_)) else c for c in classes]
+    if not names or not all(isinstance(c, str) and c for c in names):
+        raise DataError(f"{where}: mask_classes: expected a non-empty list of class names, got {shown(list(names))}")
+    if len(names) > 255:
+        raise DataError(f"{where}: mask_classes: {len(names)} classes, at most 255 fit a uint8 mask")
+    if len(set(names)) != len(names):
+        twice = next(c for c in names if names.count(c) > 1)
+        raise DataError(f"{where}: mask_classes: {twice!r} is listed twice")
+    return list(names)
+
+
+def check_mask_nodata(nodata: Any, classes: Sequence[str], where: str) -> int:
+    """``mask_nodata`` as an int in 0 .. 255 that is not a class index, else a DataError."""
+    value = nodata.item() if isinstance(nodata, np.generic) else nodata
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise DataError(f"{where}: mask_nodata: expected an integer 0 .. 255, got {shown(value)}")
+    if value < len(classes):
+        raise DataError(f"{where}: mask_nodata: {value} is a class index (mask_classes has {len(classes)} classes); "
+                        f"use a value >= {len(classes)}, e.g. {MASK_NODATA}")
+    return int(value)
+
+
+def mask_attrs(attrs, where: str) -> Tuple[List[str], int]:
+    """``(mask_classes, mask_nodata)`` of a file's attributes, checked (``mask_nodata`` defaults to
+    :data:`MASK_NODATA`); ``where`` names the file in errors."""
+    classes = list_attr(attrs, "mask_classes")
+    if classes is None:
+        raise DataError(f"{where}: mask_classes: required attribute is missing (the file has a mask dataset)")
+    classes = check_mask_classes(classes, str(where))
+    nodata = attrs.get("mask_nodata", MASK_NODATA)
+    return classes, check_mask_nodata(nodata, classes, str(where))
 
 
 def as_text(value) -> str:
@@ -341,13 +486,17 @@ IMAGES = Column(
     append_arg=None, sample_key="image", sample="(C, H, W) uint16 tensor, bands as asked for", to_sample=_image,
 )
 LAT = Column(
-    "lat", "float64", ("N",), True, "WGS84 latitude of the sample's centre, degrees, in [-90, 90]",
-    append_arg="lat", sample_key="lat", sample="float64 tensor", accepts="f",
+    "lat", "float64", ("N",), False,
+    "WGS84 latitude of the sample's centre, degrees, in [-90, 90]; a file has lat and lon for every sample, "
+    "or neither (evaluation-only data)",
+    append_arg="lat", sample_key="lat", sample="float64 tensor (absent without locations)",
+    required_for=LOCATION_USES, accepts="f",
     validate=partial(_within, 90.0), summary=_range, to_sample=_float64,
 )
 LON = Column(
-    "lon", "float64", ("N",), True, "WGS84 longitude of the sample's centre, degrees, in [-180, 180]",
-    append_arg="lon", sample_key="lon", sample="float64 tensor", accepts="f",
+    "lon", "float64", ("N",), False, "WGS84 longitude of the sample's centre, degrees, in [-180, 180]",
+    append_arg="lon", sample_key="lon", sample="float64 tensor (absent without locations)",
+    required_for=LOCATION_USES, accepts="f",
     validate=partial(_within, 180.0), summary=_range, to_sample=_float64,
 )
 LABEL = Column(
@@ -361,6 +510,13 @@ LABELS = Column(
     append_arg="labels", sample_key="labels", sample="float32 multi-hot tensor (K,)",
     required_for="multi-label data", accepts="uib",
     encode=_encode_multi_hot, warn=_warn_multi_hot, summary=_multi_label_counts, to_sample=_multi_hot,
+)
+MASK = Column(
+    "mask", "uint8", ("N", "H", "W"), False,
+    "per-pixel class index into the `mask_classes` attribute, or the `mask_nodata` attribute (default "
+    f"{MASK_NODATA}) for a pixel without a label; H, W as images, one chunk per sample `(1, H, W)`",
+    append_arg="mask", sample_key="mask", sample="(H, W) uint8 tensor", required_for="semantic segmentation",
+    streamed=True, encode=_encode_mask, warn=_warn_mask, summary=_mask_summary, to_sample=_mask,
 )
 TIME = Column(
     "time", STRING, ("N",), False, "acquisition date, ISO 8601 (`2020-06-04`)",
@@ -388,7 +544,7 @@ SPLITS = Column(
 
 #: Every per-sample column, in the order files are written, checked and summarised (``label``
 #: before ``labels``: a file with both is summarised as single-label).
-COLUMNS: Tuple[Column, ...] = (IMAGES, LAT, LON, LABEL, LABELS, TIME, GROUP, NAME, SPLITS)
+COLUMNS: Tuple[Column, ...] = (IMAGES, LAT, LON, LABEL, LABELS, MASK, TIME, GROUP, NAME, SPLITS)
 BY_NAME: Dict[str, Column] = {c.name: c for c in COLUMNS}
 #: ``H5Writer.append`` keywords, one per column but images (the positional argument)
 APPEND_ARGS: Dict[str, Column] = {c.append_arg: c for c in COLUMNS if c.append_arg is not None}

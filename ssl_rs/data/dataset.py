@@ -1,10 +1,12 @@
 """``GeoDataset``: lazy, worker-safe, batched reads of an ssl-rs HDF5 file or sharded folder.
 
-Each item is a dict: ``image`` (C, H, W) uint16 tensor, ``lat``, ``lon`` (float64, degrees),
-``index`` (position in the file, or in the logical dataset of a sharded folder), plus ``label``
-(int64) or ``labels`` (float32 multi-hot), ``group`` (int64) and ``time`` (ISO string) when the
-file has them: every column of :data:`ssl_rs.data.columns.COLUMNS` with a ``sample_key``,
-converted by its ``to_sample``. The raw uint16 image is kept on purpose: augmentation and
+Each item is a dict: ``image`` (C, H, W) uint16 tensor, ``index`` (position in the file, or in
+the logical dataset of a sharded folder), plus ``lat``, ``lon`` (float64, degrees; absent in a
+file without locations, evaluation-only data: :attr:`GeoDataset.has_location`), ``label``
+(int64) or ``labels`` (float32 multi-hot), ``mask`` ((H, W) uint8 class indices into
+:attr:`GeoDataset.mask_classes`), ``group`` (int64) and ``time`` (ISO string) when the file has
+them: every column of :data:`ssl_rs.data.columns.COLUMNS` with a ``sample_key``, converted by
+its ``to_sample``. The raw uint16 image (and uint8 mask) is kept on purpose: augmentation and
 normalisation run later, batch-wise, on the device.
 
 Batches: a DataLoader with a batch size calls :meth:`GeoDataset.__getitems__` once per batch
@@ -12,7 +14,7 @@ Batches: a DataLoader with a batch size calls :meth:`GeoDataset.__getitems__` on
 reads forward; a row asked for twice is read once), one handle lookup per shard, each image read
 straight into one (B, C, H, W) array (its chunk, bypassing h5py's selection machinery, when the
 file stores one uncompressed chunk per sample as ssl-rs writes it), then put back in the order
-asked for. The per-sample columns held in memory are gathered with one numpy index per column.
+asked for; masks, stored the same way, are read the same way into one (B, H, W) array. The per-sample columns held in memory are gathered with one numpy index per column.
 What ``__getitems__`` returns is a list of B light row views of that batch; the default collate
 recognises them (:data:`torch.utils.data._utils.collate.default_collate_fn_map`, extended here as
 torch documents) and returns the batch itself, so no per-sample tensors are made and stacked.
@@ -23,7 +25,6 @@ Any other collate function sees B read-only mappings with the same keys and valu
 from __future__ import annotations
 
 import os
-import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +38,7 @@ from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from ..errors import ConfigError, DataError
 from .bands import band_indices
-from .columns import COLUMNS, IMAGES, SPLIT_CODES, as_text
+from .columns import COLUMNS, IMAGES, MASK, SPLIT_CODES, as_text, mask_attrs
 from .reader import attr_list, check_open, open_h5, read_split
 
 #: the columns that items carry besides the image, in the table's order
@@ -104,8 +105,9 @@ class GeoDataset(Dataset):
         if split is not None and len(selected) == 0:
             raise DataError(f"{self.path}: splits/{self.split_scheme}: no samples in split {split!r}")
         del self._codes
-        self.lat_all = self._in_memory["lat"]
-        self.lon_all = self._in_memory["lon"]
+        # None in a file without locations (evaluation-only data): see require_location
+        self.lat_all: Optional[np.ndarray] = self._in_memory.get("lat")
+        self.lon_all: Optional[np.ndarray] = self._in_memory.get("lon")
         self.present = [c.sample_key for c in self._columns if not c.required]
         self.group_all = self._in_memory.get("group")
         self._labels_all = self._in_memory.get("label", self._in_memory.get("labels"))
@@ -140,9 +142,11 @@ class GeoDataset(Dataset):
             self._mean = np.asarray(f.attrs.get("band_mean", np.zeros(len(self.file_bands))), np.float64)
             self._std = np.asarray(f.attrs.get("band_std", np.ones(len(self.file_bands))), np.float64)
             self._columns = [c for c in ITEM_COLUMNS if c.name in f]
+            self._mask = mask_attrs(f.attrs, self.path) if MASK.name in f else None
             # numbers are held in memory (small, and read for every item); strings are read per
-            # batch, so that workers do not each hold a copy of a large object array
-            self._in_memory = {c.name: f[c.name][:] for c in self._columns if not c.is_string}
+            # batch, so that workers do not each hold a copy of a large object array; streamed
+            # columns (mask) are read per batch like images
+            self._in_memory = {c.name: f[c.name][:] for c in self._columns if not (c.is_string or c.streamed)}
             self.split_scheme = None
             self._codes = None
             if split is not None:
@@ -168,6 +172,7 @@ class GeoDataset(Dataset):
         columns = None
         values: Dict[str, List[np.ndarray]] = {}
         codes: List[np.ndarray] = []
+        self._mask = None
         for path, (_, count) in zip(index.paths, index.shards):
             if not path.is_file():
                 raise DataError(f"{path}: file not found (listed in {self.path / INDEX_NAME})")
@@ -185,8 +190,17 @@ class GeoDataset(Dataset):
                     first = {c.name for c in columns}
                     odd = sorted(first.symmetric_difference(c.name for c in here))[0]
                     raise DataError(f"{path}: {odd}: present in only some shards of {self.path}")
+                if MASK.name in f:
+                    mask = mask_attrs(f.attrs, path)
+                    if self._mask is None:
+                        self._mask = mask
+                    elif mask != self._mask:
+                        key = "mask_classes" if mask[0] != self._mask[0] else "mask_nodata"
+                        raise DataError(f"{path}: {key}: {mask[0] if key == 'mask_classes' else mask[1]} differs "
+                                        f"from the first shard's {self._mask[0] if key == 'mask_classes' else self._mask[1]} "
+                                        f"(shards of {self.path} must agree)")
                 for c in columns:
-                    if not c.is_string:
+                    if not (c.is_string or c.streamed):
                         values.setdefault(c.name, []).append(f[c.name][:])
                 if split is not None:
                     if "splits" not in f or self.split_scheme not in f["splits"]:
@@ -237,15 +251,41 @@ class GeoDataset(Dataset):
         the dataset's bands; one sorted pass over the file rows, each row read once."""
         return self._images(positions).numpy()
 
-    def _images(self, positions: Sequence[int] | np.ndarray, shared: bool = False) -> torch.Tensor:
+    def read_masks(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """(len(positions), H, W) uint8 masks of dataset positions, in the order given (read as
+        :meth:`read_images` reads images); a DataError when the file has no masks."""
+        self._require_mask()
+        return self._rows(MASK.name, positions, tuple(self.size), np.uint8).numpy()
+
+    def _images(self, positions: Sequence[int] | np.ndarray, shared: bool = False,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """:meth:`read_images` as a tensor: rows are read in increasing order, each straight into
         its place in the batch (no reordering copy). ``shared``: in a DataLoader worker, make the
         batch in shared memory, as torch's own collate does, so that sending it to the main process
-        copies nothing."""
-        rows = self.indices[np.asarray(positions, np.int64).reshape(-1)]
+        copies nothing. ``out``: a contiguous (B, C, H, W) uint16 tensor to read into instead (a
+        slot of :class:`ssl_rs.data.loader.BatchRing`), returned."""
         channels = len(self.file_bands)
         full = self.band_index is None
-        tensor = _empty((len(rows), channels) + tuple(self.size), shared=shared and full)
+        tensor = self._rows(IMAGES.name, positions, (channels,) + tuple(self.size), np.uint16, shared=shared and full,
+                            out=out if full else None)
+        if not full:
+            selected = out if out is not None else _empty((len(tensor), len(self.band_index)) + tuple(self.size),
+                                                          shared=shared)
+            torch.index_select(tensor, 1, torch.as_tensor(self.band_index), out=selected)
+            tensor = selected
+        return tensor
+
+    def _rows(self, name: str, positions: Sequence[int] | np.ndarray, tail: tuple, dtype, shared: bool = False,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows of the stored dataset ``name`` (images, mask: one chunk per sample) for dataset
+        ``positions``, as one (B, *tail) tensor of ``dtype``; rows are read in increasing order,
+        each once, straight into its place (``out``: that tensor, given)."""
+        rows = self.indices[np.asarray(positions, np.int64).reshape(-1)]
+        if out is not None and (tuple(out.shape) != (len(rows),) + tail or out.dtype != torch.from_numpy(
+                np.empty(0, dtype)).dtype or not out.is_contiguous()):
+            raise ValueError(f"out: expected a contiguous {(len(rows),) + tail} {np.dtype(dtype)} tensor, "
+                             f"got {tuple(out.shape)} {out.dtype}")
+        tensor = _empty((len(rows),) + tail, shared=shared, dtype=dtype) if out is None else out
         out = tensor.numpy()
         order = np.argsort(rows, kind="stable")
         ranked = rows[order]
@@ -253,15 +293,15 @@ class GeoDataset(Dataset):
         first[1:] = ranked[1:] != ranked[:-1]  # a row asked for twice is read once
         unique, targets = ranked[first], order[first]
         for part, start, stop in self._runs(unique):
-            self._read_part(part, unique[start:stop] - self._offsets[part], out, targets[start:stop])
+            local = unique[start:stop] - self._offsets[part]
+            if name == IMAGES.name:
+                self._read_part(part, local, out, targets[start:stop])
+            else:
+                self._read_rows_of_part(part, local, out, targets[start:stop], name)
         if not first.all():
             source = order[np.flatnonzero(first)[np.cumsum(first) - 1]]  # the first copy of each row
             repeats = ~first
             out[order[repeats]] = out[source[repeats]]
-        if not full:
-            selected = _empty((len(rows), len(self.band_index)) + tuple(self.size), shared=shared)
-            torch.index_select(tensor, 1, torch.as_tensor(self.band_index), out=selected)
-            tensor = selected
         return tensor
 
     def _runs(self, rows: np.ndarray) -> Iterator[tuple]:
@@ -276,19 +316,26 @@ class GeoDataset(Dataset):
 
     def _read_part(self, part: int, local: np.ndarray, out: np.ndarray, targets: np.ndarray) -> None:
         """Read increasing rows ``local`` of one part's images into rows ``targets`` of ``out``."""
-        ds = self._handle(part)[IMAGES.name]
-        if self._direct.get(part) is None:
-            self._direct[part] = _one_raw_chunk_per_sample(ds)
-        if self._direct[part]:
-            # the chunk of a sample is its image, byte for byte: read it into place
+        self._read_rows_of_part(part, local, out, targets, IMAGES.name)
+
+    def _read_rows_of_part(self, part: int, local: np.ndarray, out: np.ndarray, targets: np.ndarray,
+                           name: str) -> None:
+        """Read increasing rows ``local`` of one part's dataset ``name`` into rows ``targets`` of ``out``."""
+        ds = self._handle(part)[name]
+        key = (part, name)
+        if self._direct.get(key) is None:
+            self._direct[key] = _one_raw_chunk_per_sample(ds, out.dtype)
+        if self._direct[key]:
+            # the chunk of a sample is its row, byte for byte: read it into place
             flat = out.reshape(len(out), -1).view(np.uint8)
             read = ds.id.read_direct_chunk
+            origin = (0,) * (ds.ndim - 1)
             try:
                 for row, target in zip(local.tolist(), targets.tolist()):
-                    read((row, 0, 0, 0), out=flat[target])
+                    read((row,) + origin, out=flat[target])
                 return
             except TypeError:  # an h5py older than read_direct_chunk(out=): read through HDF5
-                self._direct[part] = False
+                self._direct[key] = False
         for row, target in zip(local.tolist(), targets.tolist()):
             ds.read_direct(out, np.s_[row], np.s_[target])
 
@@ -328,6 +375,10 @@ class GeoDataset(Dataset):
             images = self._images(positions, shared=shared)
         out: Dict[str, Any] = {IMAGES.sample_key: images if torch.is_tensor(images) else torch.from_numpy(images)}
         for column in self._columns:
+            if column.streamed:
+                out[column.sample_key] = self._rows(column.name, positions, tuple(self.size), np.dtype(column.dtype),
+                                                    shared=shared)
+                continue
             values = self._in_memory.get(column.name)
             if values is None:
                 out[column.sample_key] = self._strings(column, rows)
@@ -345,6 +396,9 @@ class GeoDataset(Dataset):
         index = int(self.indices[i])
         item: Dict[str, Any] = {IMAGES.sample_key: self._images([i])[0]}
         for column in self._columns:
+            if column.streamed:
+                item[column.sample_key] = self._rows(column.name, [i], tuple(self.size), np.dtype(column.dtype))[0]
+                continue
             values = self._in_memory.get(column.name)
             row = values[index] if values is not None else self._strings(column, np.array([index]))[0]
             item[column.sample_key] = column.to_sample(row)
@@ -389,12 +443,47 @@ class GeoDataset(Dataset):
         return self._rename.get(key, key) if key else None
 
     @property
+    def has_location(self) -> bool:
+        """Whether the samples have lat/lon (a file without them is evaluation-only data)."""
+        return self.lat_all is not None
+
+    def require_location(self, purpose: str) -> None:
+        """A one-line DataError naming the file when it has no lat/lon; ``purpose`` says what
+        needs them (e.g. ``"geo.name: georank"``)."""
+        if not self.has_location:
+            raise DataError(f"{self.path}: lat/lon: the file has no locations (evaluation-only data); "
+                            f"{purpose} needs them")
+
+    @property
     def lat(self) -> np.ndarray:
+        """Latitudes (degrees) of the dataset's samples; a DataError without locations."""
+        self.require_location("GeoDataset.lat")
         return self.lat_all[self.indices]
 
     @property
     def lon(self) -> np.ndarray:
+        """Longitudes (degrees) of the dataset's samples; a DataError without locations."""
+        self.require_location("GeoDataset.lon")
         return self.lon_all[self.indices]
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the samples have per-pixel masks (item key ``mask``)."""
+        return self._mask is not None
+
+    @property
+    def mask_classes(self) -> Optional[List[str]]:
+        """The class names of the mask values (the ``mask_classes`` attribute); None without masks."""
+        return None if self._mask is None else list(self._mask[0])
+
+    @property
+    def mask_nodata(self) -> Optional[int]:
+        """The mask value of pixels without a label (``mask_nodata``); None without masks."""
+        return None if self._mask is None else self._mask[1]
+
+    def _require_mask(self) -> None:
+        if self._mask is None:
+            raise DataError(f"{self.path}: {MASK.name}: the file has no masks (per-pixel labels)")
 
     @property
     def targets(self) -> Optional[np.ndarray]:
@@ -444,7 +533,7 @@ def collate_batch_rows(rows: Sequence[BatchRow], *, collate_fn_map=None) -> Dict
     first = rows[0].batch
     whole = len(rows) == rows[0].size and all(r.batch is first and r.j == j for j, r in enumerate(rows))
     if whole:
-        return dict(first)
+        return first.copy()  # a plain dict's copy is dict(first); a subclass may keep what it carries
     return {key: collate([r[key] for r in rows], collate_fn_map=collate_fn_map) for key in first}
 
 
@@ -452,30 +541,31 @@ def collate_batch_rows(rows: Sequence[BatchRow], *, collate_fn_map=None) -> Dict
 default_collate_fn_map[BatchRow] = collate_batch_rows
 
 
-def _empty(shape: tuple, shared: bool) -> torch.Tensor:
-    """An uninitialised uint16 tensor; in a DataLoader worker (and ``shared``), in shared memory."""
+def _empty(shape: tuple, shared: bool, dtype=np.uint16) -> torch.Tensor:
+    """An uninitialised tensor (uint16 unless ``dtype``); in a DataLoader worker (and ``shared``),
+    in shared memory."""
     if shared and torch.utils.data.get_worker_info() is not None:
         try:  # what torch's collate_tensor_fn does for the batches it stacks in a worker
-            storage = torch.empty(0, dtype=torch.uint16)._typed_storage()._new_shared(int(np.prod(shape)))
-            return torch.empty(0, dtype=torch.uint16).new(storage).view(shape)
+            like = torch.from_numpy(np.empty(0, dtype))
+            storage = like._typed_storage()._new_shared(int(np.prod(shape)))
+            return like.new(storage).view(shape)
         except (AttributeError, RuntimeError):  # pragma: no cover - another torch: a plain tensor
             pass
     # numpy's allocation, not torch.empty: glibc then reuses the freed memory of the previous
     # batch, while torch's aligned allocation of a large block maps fresh pages every time and
     # pays a page fault per 4 KiB (measured: 6x slower for a batch of 256 x 12 x 120 x 120)
-    return torch.from_numpy(np.empty(shape, np.uint16))
+    return torch.from_numpy(np.empty(shape, dtype))
 
 
-def _one_raw_chunk_per_sample(ds: h5py.Dataset) -> bool:
-    """Whether each sample of ``ds`` is one uncompressed chunk in this machine's byte order, so a
-    chunk can be read as the image it is (ssl-rs writes images so)."""
-    native = "<" if sys.byteorder == "little" else ">"
+def _one_raw_chunk_per_sample(ds: h5py.Dataset, dtype=np.uint16) -> bool:
+    """Whether each sample of ``ds`` is one uncompressed chunk of ``dtype`` in this machine's byte
+    order, so a chunk can be read as the row it is (ssl-rs writes images and masks so)."""
     try:
         filters = ds.id.get_create_plist().get_nfilters()
     except Exception:  # pragma: no cover - an unusual HDF5 build
         return False
-    return (ds.chunks == (1,) + tuple(ds.shape[1:]) and filters == 0 and ds.dtype.str == native + "u2"
-            and not ds.is_virtual)
+    return (ds.chunks == (1,) + tuple(ds.shape[1:]) and filters == 0 and ds.dtype.isnative
+            and ds.dtype == np.dtype(dtype) and not ds.is_virtual)
 
 
 def _default_scheme(f: h5py.File) -> Optional[str]:

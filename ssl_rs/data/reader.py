@@ -7,7 +7,6 @@ line naming the file and the field.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,11 +16,12 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .columns import COLUMNS, IMAGES, Column, shown
+from .columns import COLUMNS, IMAGES, MASK, Column, list_attr, mask_attrs, shown
 
 log = logging.getLogger(__name__)
 
 COORDINATES = ("lat", "lon")  # the columns check_open(coordinates=False) does not range-check
+NO_LOCATIONS = "none (evaluation-only)"  # ``locations`` of the summary of a file without lat/lon
 
 
 def open_h5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
@@ -66,7 +66,9 @@ def stored(f: h5py.File, column: Column) -> List[Tuple[str, Any]]:
 def check_open(f: h5py.File, path: Path, coordinates: bool = True) -> None:
     """Validate an open file: every column of the table that is present (and each required one)
     is a dataset of the declared rank and dtype with one row per image; values pass the column's
-    check (``coordinates=False`` skips the range check of lat and lon); attributes ``gsd``,
+    check (``coordinates=False`` skips the range check of lat and lon); lat and lon are both
+    present or both absent (evaluation-only data); a mask has the images' height and width and
+    the attributes ``mask_classes`` and ``mask_nodata`` are sound; attributes ``gsd``,
     ``format_version`` and ``bands`` are sound."""
     present = []
     for column in COLUMNS:
@@ -83,6 +85,19 @@ def check_open(f: h5py.File, path: Path, coordinates: bool = True) -> None:
     n = f[IMAGES.name].shape[0]
     if n == 0:
         raise DataError(f"{path}: {IMAGES.name}: the file has no samples")
+    if ("lat" in f) != ("lon" in f):
+        has, lacks = ("lat", "lon") if "lat" in f else ("lon", "lat")
+        raise DataError(f"{path}: {lacks}: required dataset is missing, as the file has {has} (a file has both, "
+                        "or neither for evaluation-only data)")
+    if MASK.name in f:
+        mask_hw, image_hw = tuple(f[MASK.name].shape[1:]), tuple(f[IMAGES.name].shape[2:])
+        if mask_hw != image_hw:
+            raise DataError(f"{path}: {MASK.name}: is {mask_hw[0]}x{mask_hw[1]} px per sample but {IMAGES.name} "
+                            f"are {image_hw[0]}x{image_hw[1]}")
+        mask_attrs(f.attrs, path)
+    elif "mask_classes" in f.attrs or "mask_nodata" in f.attrs:
+        key = "mask_classes" if "mask_classes" in f.attrs else "mask_nodata"
+        raise DataError(f"{path}: {key}: attribute present but the file has no {MASK.name} dataset")
     for name, ds, column in present:
         if ds.shape[0] != n:
             raise DataError(f"{path}: {name}: has {ds.shape[0]} rows but {IMAGES.name} has {n}")
@@ -138,12 +153,8 @@ def warn_contents(f: h5py.File, path: Path) -> None:
 
 
 def attr_list(f: h5py.File, key: str) -> Optional[List[str]]:
-    if key not in f.attrs:
-        return None
-    value = f.attrs[key]
-    if isinstance(value, (str, bytes)):
-        value = json.loads(value) if str(value).startswith("[") else [value]
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+    """A list-of-strings attribute of ``f`` (see :func:`ssl_rs.data.columns.list_attr`)."""
+    return list_attr(f.attrs, key)
 
 
 def read_split(f: h5py.File, scheme: Optional[str] = None) -> np.ndarray:
@@ -171,8 +182,10 @@ def read_split(f: h5py.File, scheme: Optional[str] = None) -> np.ndarray:
 
 def describe(f: h5py.File) -> Dict[str, Any]:
     """Summary used by ``ssl-rs data info``: the file's attributes, each column's summary
-    (``lat_range``, ``lon_range``, ``task`` and ``class_counts``, ``time_range``, ``groups``,
-    ``splits``) and ``columns``, the table's columns present, each with its dtype and shape."""
+    (``lat_range``, ``lon_range``, ``task`` and ``class_counts``, ``mask_classes``,
+    ``mask_nodata``, ``mask_pixel_counts`` and ``mask_pixels_sampled``, ``time_range``,
+    ``groups``, ``splits``), ``locations`` (``"lat/lon"``, or ``"none (evaluation-only)"``) and
+    ``columns``, the table's columns present, each with its dtype and shape."""
     n, c, h, w = f[IMAGES.name].shape
     out: Dict[str, Any] = {
         "file": str(f.filename),
@@ -191,6 +204,7 @@ def describe(f: h5py.File) -> Dict[str, Any]:
                 found.setdefault(key, value)  # the first column wins: label before labels
     out.update(found)
     out.setdefault("task", None)  # no label column
+    out["locations"] = "lat/lon" if "lat" in f else NO_LOCATIONS
     out.setdefault("splits", {})
     out["default_split"] = _as_str(f.attrs.get("default_split"))
     out["columns"] = {

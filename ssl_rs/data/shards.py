@@ -231,6 +231,10 @@ def check_sharded(folder: str | os.PathLike, *, coordinates: bool = True) -> Dic
                 raise DataError(f"{path}: splits/{missing[0]}: missing in this shard although {where} lists it "
                                 "(an interrupted `ssl-rs data split`? run it again)")
             summaries.append(describe(f))
+            for key in ("mask_classes", "mask_nodata"):  # the shards of one dataset share their mask classes
+                if summaries[-1].get(key) != summaries[0].get(key):
+                    raise DataError(f"{path}: {key}: {summaries[-1].get(key)} differs from the first shard's "
+                                    f"{summaries[0].get(key)} (listed in {where})")
             if "group" in f:
                 groups.append(np.unique(f["group"][()]))
     return _combined(index, summaries, groups)
@@ -262,6 +266,17 @@ def _combined(index: ShardIndex, summaries: List[Dict[str, Any]], groups: List[n
             for name, count in summary["class_counts"].items():
                 counts[name] = counts.get(name, 0) + int(count)
         out["class_counts"] = counts
+    if "mask_classes" in first:
+        out["mask_classes"], out["mask_nodata"] = first["mask_classes"], first["mask_nodata"]
+        pixels: Dict[str, int] = {}
+        for summary in summaries:
+            for name, count in summary["mask_pixel_counts"].items():
+                pixels[name] = pixels.get(name, 0) + int(count)
+        out["mask_pixel_counts"] = pixels
+        counted = [s["mask_pixels_sampled"] or [s["n"], s["n"]] for s in summaries]
+        sampled = any(s["mask_pixels_sampled"] for s in summaries)
+        out["mask_pixels_sampled"] = [sum(c for c, _ in counted), sum(t for _, t in counted)] if sampled else None
+    out["locations"] = first.get("locations")
     if groups:
         out["groups"] = int(len(np.unique(np.concatenate(groups))))
     splits: Dict[str, Dict[str, int]] = {}

@@ -155,7 +155,8 @@ def store_split(
     e.g. one :class:`~ssl_rs.data.writer.H5Writer` is about to commit."""
     _check_arguments(scheme, fractions, block_km)
     groups = f["group"][:] if "group" in f else None
-    codes = _codes(scheme, f["lat"][:], f["lon"][:], groups, fractions, seed, block_km)
+    lat, lon = _locations(f, path, scheme)
+    codes = _codes(scheme, f["images"].shape[0], lat, lon, groups, fractions, seed, block_km)
     key = name or scheme
     replaced = "splits" in f and key in f["splits"]
     _store(f, key, codes, scheme, fractions, seed, block_km, make_default or "default_split" not in f.attrs)
@@ -164,9 +165,20 @@ def store_split(
     return {s: int((codes == i).sum()) for i, s in enumerate(SPLIT_CODES)}
 
 
-def _codes(scheme: str, lat, lon, groups, fractions, seed: int, block_km: float) -> np.ndarray:
+def _locations(f: h5py.File, path, scheme: str):
+    """``(lat, lon)`` of an open file; (None, None) for a scheme that does not use them, and a
+    one-line DataError for one that does on a file without locations (evaluation-only data)."""
     if scheme == "random":
-        return random_split(len(lat), fractions, seed, groups)
+        return None, None
+    if "lat" not in f or "lon" not in f:
+        raise DataError(f"{path}: lat/lon: the file has no locations (evaluation-only data); the {scheme} split "
+                        "needs them (--scheme random does not)")
+    return f["lat"][:], f["lon"][:]
+
+
+def _codes(scheme: str, n: int, lat, lon, groups, fractions, seed: int, block_km: float) -> np.ndarray:
+    if scheme == "random":
+        return random_split(n, fractions, seed, groups)
     return spatial_block_split(lat, lon, block_km, fractions, seed, groups)
 
 
@@ -189,14 +201,15 @@ def _add_split_sharded(folder: Path, scheme: str, *, name, fractions, seed, bloc
     for path in paths:
         with open_h5(path) as f:
             check_open(f, path)
-            lat.append(f["lat"][:])
-            lon.append(f["lon"][:])
+            here = _locations(f, path, scheme)
+            lat.append(here[0] if here[0] is not None else np.zeros(f["images"].shape[0]))
+            lon.append(here[1] if here[1] is not None else np.zeros(f["images"].shape[0]))
             groups.append(f["group"][:] if "group" in f else None)
     if any(g is None for g in groups) and not all(g is None for g in groups):
         raise DataError(f"{paths[[g is None for g in groups].index(True)]}: group: missing in this shard but "
                         "present in others")
     group = None if groups[0] is None else np.concatenate(groups)
-    codes = _codes(scheme, np.concatenate(lat), np.concatenate(lon), group, fractions, seed, block_km)
+    codes = _codes(scheme, index.n, np.concatenate(lat), np.concatenate(lon), group, fractions, seed, block_km)
     key = name or scheme
     default = key if make_default or index.default_split is None else index.default_split
     offsets = index.offsets

@@ -16,7 +16,11 @@ geography-aware SSL worth having:
   place show the same ground (texture and clutter layout), with their own season, light, haze
   and noise, as co-registered cloud-free acquisitions do;
 * optionally each place as a larger scene cut into ``tiles`` x ``tiles`` adjacent tiles, each with
-  its own centre lat/lon, whose content continues across tile borders (neighbouring pairs).
+  its own centre lat/lon, whose content continues across tile borders (neighbouring pairs);
+* optionally per-pixel masks (semantic segmentation, ``masks=True``): each ground is split into
+  two smooth regions, the place's class and a second class, each drawn with its own class's
+  recipe (spectrum, texture, seasonal change), and the mask records which class each pixel shows;
+  clutter pixels (a material of no particular class laid over the ground) are no-data (255).
 
 Everything is deterministic given the seed.
 """
@@ -36,6 +40,7 @@ from ..errors import ConfigError, DataError
 from ..files import check_output
 from ..geodesy import EARTH_RADIUS_KM, unit_vectors
 from .bands import S2_BANDS, S2_BANDS_L2A, normalize_band_name
+from .columns import MASK_NODATA
 from .writer import STATS_MAX_PIXELS, STATS_SAMPLE_PIXELS, H5Writer
 
 # Reflectance (0..1) of archetypal materials in S2_BANDS order
@@ -146,35 +151,56 @@ def render(
     size: int,
     tiles: int = 1,
     layout: Optional[np.ndarray] = None,
-) -> np.ndarray:
+    masks: bool = False,
+):
     """Images (n, C, tiles * size, tiles * size) uint16 (reflectance x 10000) for places of class
     ``cls``: one scene per place and date, with the texture and clutter scale of a ``size`` image
     (``tiles`` > 1 renders more ground around the place, not a magnified view). ``layout`` (n,)
     says which scenes share their ground (texture and clutter: the dates of one place); default:
-    none do."""
+    none do. ``masks``: also return (n, tiles * size, tiles * size) uint8 masks, ``(images,
+    masks)``: the ground of each layout is split into a region of the place's class and one of a
+    second class, each drawn with its class's recipe; clutter is no-data (:data:`MASK_NODATA`).
+    Without ``masks`` the random draws, and so the images, are those of earlier versions."""
     n = len(cls)
     layout = np.arange(n) if layout is None else np.asarray(layout)
     first = np.unique(layout, return_index=True)[1]  # one texture per layout, drawn in order
     side = tiles * size
     spectra = np.asarray([[MATERIALS[m] for m in (r["main"], r["second"])] for r in recipes])  # K, 2, 13
-    main = spectra[cls, 0] * np.stack([r["tint"] for r in recipes])[cls]
-    second = spectra[cls, 1]
     # Vegetation greens up in the local summer: stronger NIR / red-edge.
     season = np.sin(2 * np.pi * (day_of_year - 80) / 365.25) * np.sign(lat + 1e-9)
     green = np.zeros(len(S2_BANDS))
     green[[4, 5, 6, 7, 8]] = 0.25
-    veg = np.array([recipes[c]["main"] in VEGETATION for c in cls])
-    main = main * (1 + np.where(veg, season, 0.0)[:, None] * green[None])
     m, shared = len(first), np.searchsorted(layout[first], layout)  # layouts, and each scene's
-    texture = _textures(rng, m, size, recipes, cls[first], tiles)[shared]
-    texture = texture * np.array([recipes[c]["mix"] for c in cls])[:, None, None]
-    image = main[:, :, None, None] * (1 - texture[:, None]) + second[:, :, None, None] * texture[:, None]
+
+    def ground(classes: np.ndarray) -> np.ndarray:
+        """(n, 13, side, side) reflectance of scenes wholly of ``classes`` (n,): the class's two
+        materials mixed by its texture (one texture per layout)."""
+        main = spectra[classes, 0] * np.stack([r["tint"] for r in recipes])[classes]
+        second = spectra[classes, 1]
+        veg = np.array([recipes[c]["main"] in VEGETATION for c in classes])
+        main = main * (1 + np.where(veg, season, 0.0)[:, None] * green[None])
+        texture = _textures(rng, m, size, recipes, classes[first], tiles)[shared]
+        texture = texture * np.array([recipes[c]["mix"] for c in classes])[:, None, None]
+        return main[:, :, None, None] * (1 - texture[:, None]) + second[:, :, None, None] * texture[:, None]
+
+    image = ground(cls)
+    if masks:
+        # a second class per layout over a smooth region of the ground, drawn with its own recipe
+        other = (cls[first] + rng.integers(1, len(recipes), m)) % len(recipes)
+        coarse = torch.from_numpy(rng.random((m, 1, 3 * tiles, 3 * tiles)).astype(np.float32))
+        field = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)[:, 0].numpy()
+        region = (field > rng.uniform(0.35, 0.65, (m, 1, 1)))[shared]
+        image = np.where(region[:, None], ground(other[shared]), image)
+        mask = np.where(region, other[shared][:, None, None], cls[:, None, None]).astype(np.uint8)
     # Clutter: a random material (any class's) over random blobs, so appearance alone is ambiguous;
     # part of the ground, so shared by the dates of a place like the texture.
     clutter_spec = spectra.reshape(-1, len(S2_BANDS))[rng.integers(0, spectra.shape[0] * 2, m)][shared]
     coarse = torch.from_numpy(rng.random((m, 1, 4 * tiles, 4 * tiles)).astype(np.float32))
     blobs = F.interpolate(coarse, size=(side, side), mode="bicubic", align_corners=False)[:, 0].clamp(0, 1).numpy()
-    clutter = ((blobs > rng.uniform(0.35, 0.9, (m, 1, 1))) * rng.uniform(0.5, 1.0, (m, 1, 1)))[shared]
+    threshold = rng.uniform(0.35, 0.9, (m, 1, 1))
+    if masks:  # sparser clutter, so that most pixels keep a label
+        threshold = np.maximum(threshold, 0.65)
+    clutter = ((blobs > threshold) * rng.uniform(0.5, 1.0, (m, 1, 1)))[shared]
     image = image * (1 - clutter[:, None]) + clutter_spec[:, :, None, None] * clutter[:, None]
     illumination = 0.7 + 0.3 * np.cos(np.radians(lat))  # lower sun at high latitudes
     image = image * illumination[:, None, None, None] * rng.uniform(0.6, 1.4, (n, 1, 1, 1))
@@ -182,7 +208,11 @@ def render(
     image = image + haze[:, :, None, None]
     image = image + rng.normal(0, 0.015, image.shape)  # sensor noise
     image = image[:, list(band_idx)]
-    return np.clip(image * 10000.0, 0, 65535).astype(np.uint16)
+    image = np.clip(image * 10000.0, 0, 65535).astype(np.uint16)
+    if masks:
+        mask[clutter > 0] = MASK_NODATA  # a material of no class: no label
+        return image, mask
+    return image
 
 
 def cut_tiles(scenes: np.ndarray, tiles: int) -> np.ndarray:
@@ -280,6 +310,7 @@ def synthesize(
     progress: bool = True,
     tiles: int = 1,
     block_km: float = 0.0,
+    masks: bool = False,
 ) -> str:
     """Write a synthetic geo-world of ``n`` samples: ``n // (dates * tiles**2)`` places x ``dates``
     x ``tiles**2`` tiles. With ``tiles`` = t > 1 each place and date is rendered once as a scene of
@@ -290,7 +321,11 @@ def synthesize(
 
     ``split`` stores a random split (the default scheme); ``block_km`` > 0 also a spatial-block
     one with cells of that size. Both are written before the file is moved into place. A request
-    that cannot fit in the available memory or on the output's disk is refused before any work."""
+    that cannot fit in the available memory or on the output's disk is refused before any work.
+
+    ``masks`` also writes a per-pixel ``mask`` (semantic segmentation; see :func:`render`): its
+    ``mask_classes`` are the class names, ``mask_nodata`` 255 (clutter). Without it the file is
+    byte for byte what earlier versions wrote."""
     if n < 3:
         raise ConfigError(f"--n must be at least 3, got {n}")
     if size < 8:
@@ -358,6 +393,7 @@ def synthesize(
         attrs=attrs,
         seed=seed,
         before_commit=add_splits,
+        mask_classes=[r["name"] for r in recipes] if masks else None,
     ) as writer:
         # a bar on a terminal, plain periodic lines in a log (ssl_rs.progress: the rule of every command)
         bar = Progress(n, "synthesising", "img", enabled=progress)
@@ -367,7 +403,13 @@ def synthesize(
         for lo in range(0, scenes, step):
             idx = np.arange(lo, min(scenes, lo + step))
             pl = place[idx]
-            images = render(rng, p_cls[pl], p_lat[pl], day_of_year[idx], recipes, band_idx, size, tiles, layout=pl)
+            images = render(rng, p_cls[pl], p_lat[pl], day_of_year[idx], recipes, band_idx, size, tiles, layout=pl,
+                            masks=masks)
+            labels = None
+            if masks:
+                images, labels = images
+                if tiles > 1:
+                    labels = cut_tiles(labels[:, None], tiles)[:, 0]
             if tiles > 1:
                 images = cut_tiles(images, tiles)
             for j, i in enumerate(idx):
@@ -380,6 +422,7 @@ def synthesize(
                         label=int(p_cls[pl[j]]),
                         time=when,
                         group=int(pl[j]) * n_tiles + k if dates > 1 else None,
+                        mask=None if labels is None else labels[j * n_tiles + k],
                     )
             bar.update(len(idx) * n_tiles)
         bar.close()

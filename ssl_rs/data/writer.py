@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..files import AtomicOutput
-from .columns import APPEND_ARGS, FORMAT_VERSION, IMAGES, OFFICIAL_SPLIT, SPLIT_CODES, split_codes
+from .columns import (APPEND_ARGS, FORMAT_VERSION, IMAGES, MASK_NODATA, OFFICIAL_SPLIT, SPLIT_CODES,
+                      check_mask_classes, check_mask_nodata, split_codes)
 
 STATS_SAMPLE_PIXELS = 4096  # pixels per sample kept for percentile estimates
 STATS_MAX_PIXELS = 2_000_000  # bound on the pixel reservoir per band
@@ -30,6 +31,11 @@ class H5Writer:
 
     >>> with H5Writer("out.h5", bands=["B02", "B03"], size=(64, 64), gsd=10.0, source="x") as w:
     ...     w.append(image, lat=48.1, lon=11.5, label=3)
+
+    ``lat``/``lon`` may be left out for every sample (evaluation-only data, e.g. So2Sat LCZ42):
+    the file then has no locations. Per-pixel masks (semantic segmentation) need the writer's
+    ``mask_classes`` (stored as the attribute of that name, like ``class_names``) and optionally
+    ``mask_nodata`` (default 255, the value of unlabelled pixels): ``append(image, mask=(H, W))``.
 
     The file is written as ``.out.h5.part`` beside the output and moved into place when the
     ``with`` block ends cleanly (:mod:`ssl_rs.files`: stale part files are removed, the mode
@@ -54,8 +60,15 @@ class H5Writer:
         stats_pixels: int = STATS_MAX_PIXELS,
         stats_sample_pixels: int = STATS_SAMPLE_PIXELS,
         before_commit: Optional[Callable[[h5py.File, Path], None]] = None,
+        mask_classes: Optional[Sequence[str]] = None,
+        mask_nodata: Optional[int] = None,
     ):
         self.path = Path(path)
+        if mask_classes is None and mask_nodata is not None:
+            raise DataError(f"{self.path}: mask_nodata: given without mask_classes (the class names of the masks)")
+        self.mask_classes = None if mask_classes is None else check_mask_classes(mask_classes, str(self.path))
+        self.mask_nodata = None if mask_classes is None else check_mask_nodata(
+            MASK_NODATA if mask_nodata is None else mask_nodata, self.mask_classes, str(self.path))
         self.bands = [str(b) for b in bands]
         self.size = (int(size[0]), int(size[1]))
         self.gsd = float(gsd)
@@ -74,8 +87,11 @@ class H5Writer:
         self._pixels = 0
         self._reservoir: List[np.ndarray] = []
         self._reservoir_size = 0
-        # encoded rows of each column given to append, by append keyword
+        # encoded rows of each column given to append, by append keyword (streamed columns, such
+        # as mask, go to their dataset as they come: _streamed)
         self._columns: Dict[str, List[np.ndarray]] = {}
+        self._given: Optional[frozenset] = None  # the append keywords of the first sample
+        self._streamed: Dict[str, h5py.Dataset] = {}
         self._file: Optional[h5py.File] = None
         self._out: Optional[AtomicOutput] = None
         self._images: Optional[h5py.Dataset] = None
@@ -131,11 +147,14 @@ class H5Writer:
         out.__exit__(type(exc) if exc is not None else RuntimeError, exc, None)
 
     # -- writing -----------------------------------------------------------------------
-    def append(self, image: np.ndarray, *, lat: float, lon: float, **columns: Any) -> None:
+    def append(self, image: np.ndarray, *, lat: Optional[float] = None, lon: Optional[float] = None,
+               **columns: Any) -> None:
         """Add one sample: ``image`` is (C, H, W) in the writer's band order.
 
-        The other keywords are the optional columns of :data:`ssl_rs.data.columns.COLUMNS`
-        (``label``, ``labels`` (class indices), ``time``, ``group``, ``name``, ``split``);
+        ``lat`` and ``lon`` (degrees) are given together, for every sample or for none (a file
+        without locations: evaluation-only data). The other keywords are the optional columns of
+        :data:`ssl_rs.data.columns.COLUMNS` (``label``, ``labels`` (class indices), ``mask``
+        ((H, W) class indices into ``mask_classes``), ``time``, ``group``, ``name``, ``split``);
         one given (not None) for some samples must be given for all.
         """
         assert self._file is not None, "use H5Writer as a context manager"
@@ -150,12 +169,19 @@ class H5Writer:
             if image.size and (image.min() < 0 or image.max() > np.iinfo(np.uint16).max):
                 raise DataError(f"{self.path}: images: sample {self._n} has values outside uint16")
             image = image.astype(IMAGES.h5_dtype)
-        # required columns are always encoded (None is an error there); optional ones when given
-        given = {"lat": lat, "lon": lon, **{k: v for k, v in columns.items() if v is not None}}
-        if self._n and given.keys() != self._columns.keys():
-            arg = next(a for a in APPEND_ARGS if (a in given) != (a in self._columns))
-            name = APPEND_ARGS[arg].display_name()
-            raise DataError(f"{self.path}: {name}: given for some samples but not for sample {self._n}")
+        if (lat is None) != (lon is None):
+            has, lacks = ("lat", "lon") if lon is None else ("lon", "lat")
+            raise DataError(f"{self.path}: lat/lon: sample {self._n} has {has} but no {lacks} (give both, or "
+                            "neither for a file without locations)")
+        # a column is encoded when given (not None)
+        given = {k: v for k, v in {"lat": lat, "lon": lon, **columns}.items() if v is not None}
+        if self._given is not None and given.keys() != self._given:
+            arg = next(a for a in APPEND_ARGS if (a in given) != (a in self._given))
+            name = "lat/lon" if arg in ("lat", "lon") else APPEND_ARGS[arg].display_name()
+            state = (f"given for some samples but not for sample {self._n}" if arg in self._given
+                     else f"given for sample {self._n} but not for the samples before it")
+            raise DataError(f"{self.path}: {name}: {state}"
+                            + (" (a file has locations for every sample or for none)" if name == "lat/lon" else ""))
         # encode and check every column before anything of this sample is written
         rows = {}
         for arg, value in given.items():
@@ -165,11 +191,28 @@ class H5Writer:
         ds = self._images
         ds.resize(self._n + 1, axis=0)
         ds[self._n] = image
+        for arg, row in rows.items():
+            if APPEND_ARGS[arg].streamed:
+                self._write_streamed(arg, row)
         self._out.check()
         self._update_stats(image)
         for arg, row in rows.items():
-            self._columns.setdefault(arg, []).append(row)
+            if not APPEND_ARGS[arg].streamed:
+                self._columns.setdefault(arg, []).append(row)
+        self._given = frozenset(given)
         self._n += 1
+
+    def _write_streamed(self, arg: str, row: np.ndarray) -> None:
+        """Row ``self._n`` of a streamed column (mask): its dataset, one chunk per sample, is made
+        when the first sample gives it."""
+        column = APPEND_ARGS[arg]
+        ds = self._streamed.get(arg)
+        if ds is None:
+            tail = row.shape[1:]
+            ds = self._streamed[arg] = self._file.create_dataset(
+                column.name, shape=(0,) + tail, maxshape=(None,) + tail, dtype=column.h5_dtype, chunks=(1,) + tail)
+        ds.resize(self._n + 1, axis=0)
+        ds[self._n] = row[0]
 
     def _update_stats(self, image: np.ndarray) -> None:
         flat = image.reshape(image.shape[0], -1).astype(np.float64)
@@ -197,6 +240,8 @@ class H5Writer:
         assert f is not None
         if self._n == 0:
             raise DataError(f"{self.path}: images: no samples were written")
+        if self.mask_classes is not None and "mask" not in self._streamed:
+            raise DataError(f"{self.path}: mask: the writer has mask_classes but no sample was given a mask")
         # in the table's order, which is the order the datasets were always created in
         for arg, column in APPEND_ARGS.items():
             if arg not in self._columns:
@@ -224,12 +269,16 @@ class H5Writer:
         f.attrs["bands"] = self.bands
         if self.class_names is not None:
             f.attrs["class_names"] = self.class_names
+        if self.mask_classes is not None:
+            f.attrs["mask_classes"] = self.mask_classes
+            f.attrs["mask_nodata"] = self.mask_nodata
         for key, value in self.extra_attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
         if self._before_commit is not None:
             self._before_commit(f, self.path)
         self._out.check()
         self._images = None
+        self._streamed = {}
         f.close()
         self._file = None
         out, self._out = self._out, None
@@ -254,15 +303,17 @@ def write_split(f: h5py.File, scheme: str, split: np.ndarray) -> None:
     ds.attrs["codes"] = list(SPLIT_CODES)
 
 
-def write_dataset(path, images: Iterable[np.ndarray], lat, lon, **kwargs) -> Path:
-    """Write a whole dataset at once. Per-sample keyword columns (``label``, ``labels``,
+def write_dataset(path, images: Iterable[np.ndarray], lat=None, lon=None, **kwargs) -> Path:
+    """Write a whole dataset at once. Per-sample keyword columns (``label``, ``labels``, ``mask``,
     ``time``, ``group``, ``name``, ``split``: see :data:`ssl_rs.data.columns.COLUMNS`) are
-    sequences; the rest go to :class:`H5Writer`."""
+    sequences; the rest go to :class:`H5Writer`. ``lat``/``lon`` None: a file without locations."""
     columns = {k: kwargs.pop(k) for k in APPEND_ARGS if k in kwargs and k not in ("lat", "lon")}
     columns = {k: v for k, v in columns.items() if v is not None}
     with H5Writer(path, **kwargs) as writer:
         for i, image in enumerate(images):
-            writer.append(image, lat=float(lat[i]), lon=float(lon[i]), **{k: _item(v[i]) for k, v in columns.items()})
+            where = {} if lat is None and lon is None else {
+                "lat": None if lat is None else float(lat[i]), "lon": None if lon is None else float(lon[i])}
+            writer.append(image, **where, **{k: _item(v[i]) for k, v in columns.items()})
     return Path(path)
 
 

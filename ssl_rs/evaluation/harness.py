@@ -16,8 +16,14 @@ from ..data.dataset import GeoDataset
 from ..text import one_line
 
 #: ``geo``: the geo probes (:mod:`ssl_rs.evaluation.geo_probes`), which need lat/lon, not labels
-PROTOCOLS = ("knn", "linear", "geo")
-LABEL_PROTOCOLS = ("knn", "linear")
+PROTOCOLS = ("knn", "linear", "geo", "finetune", "segmentation")
+LABEL_PROTOCOLS = ("knn", "linear", "finetune")
+#: protocols that train their own copy of the module on the datasets instead of scoring frozen
+#: features (``finetune``: :mod:`ssl_rs.evaluation.finetune`)
+TRAINED_PROTOCOLS = ("finetune",)
+#: protocols that score per-pixel masks from spatial feature maps, not pooled features
+#: (``segmentation``: :mod:`ssl_rs.evaluation.segmentation`)
+DENSE_PROTOCOLS = ("segmentation",)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
@@ -142,9 +148,22 @@ def evaluate(
     knn_k: int = 20,
     knn_temperature: float = 0.07,
     linear_epochs: int = 100,
+    finetune_epochs: int = 30,
+    finetune_lr: float = 1e-3,
+    finetune_backbone_lr_scale: float = 0.1,
+    finetune_layer_decay: Optional[float] = None,
+    finetune_weight_decay: float = 0.01,
+    segmentation_epochs: int = 20,
+    segmentation_lr: float = 1e-3,
+    segmentation_decoder: str = "auto",
+    finetune_task: str = "classification",
     progress: bool = True,
 ) -> Dict[str, Any]:
-    """Extract frozen features of the train and ``eval_split`` samples and score them.
+    """Extract frozen features of the train and ``eval_split`` samples and score them; ``finetune``
+    instead trains a copy of the whole backbone with a head (``finetune_*``: its recipe,
+    :func:`ssl_rs.evaluation.finetune.finetune`) and needs no frozen features; ``segmentation`` trains a
+    decoder on the frozen backbone's feature maps against the file's per-pixel masks
+    (``segmentation_*``, :func:`ssl_rs.evaluation.segmentation.segmentation_probe`).
 
     ``backbone`` is a module (``forward(x) -> (B, D)``) or a registered backbone name, built
     randomly initialised with ``seed`` and the data's band count. Returns a JSON-ready dict with
@@ -161,14 +180,40 @@ def evaluate(
         raise ConfigError(f"unknown evaluation protocol(s) {unknown} (use {', '.join(PROTOCOLS)})")
     check_eval_options(size=size, batch_size=batch_size, num_workers=num_workers, knn_k=knn_k,
                        knn_temperature=knn_temperature, linear_epochs=linear_epochs)
+    finetune_options = dict(epochs=finetune_epochs, lr=finetune_lr, backbone_lr_scale=finetune_backbone_lr_scale,
+                            layer_decay=finetune_layer_decay, weight_decay=finetune_weight_decay)
+    finetune_names = {k: f"finetune_{k}" for k in finetune_options}
+    if "finetune" in protocols:
+        from .finetune import check_finetune_options
+
+        check_finetune_options(**finetune_options, names=finetune_names)
+        if finetune_task not in ("classification", "segmentation"):
+            raise ConfigError(f"finetune_task: unknown task {finetune_task!r} (use classification, segmentation)")
+    if "segmentation" in protocols:
+        from .segmentation import check_segmentation_options
+
+        check_segmentation_options(epochs=segmentation_epochs, lr=segmentation_lr, decoder=segmentation_decoder,
+                                   names={k: f"segmentation_{k}" for k in ("epochs", "lr", "decoder")})
     dev = default_device(device)
     if isinstance(backbone, str):
         backbone_args = check_backbone_args(backbone, backbone_args)
     train = GeoDataset(data, split="train", scheme=scheme, bands=bands)
     test = GeoDataset(data, split=eval_split, scheme=scheme, bands=bands)
-    needs_labels = any(p in LABEL_PROTOCOLS for p in protocols)
+    # fine-tuning for segmentation learns from the masks, not the labels
+    needs_labels = any(p in LABEL_PROTOCOLS and not (p == "finetune" and finetune_task == "segmentation")
+                       for p in protocols)
+    if "finetune" in protocols and finetune_task == "segmentation":
+        from .segmentation import check_masks
+
+        check_masks(train, data)
     if needs_labels and train.target_key is None:
         raise ConfigError(f"{data}: label/labels: the file has no labels to evaluate against")
+    if "geo" in protocols:  # before any long work: a file without lat/lon is evaluation-only data
+        train.require_location("the geo evaluation protocol (geo probes)")
+    if "segmentation" in protocols:
+        from .segmentation import check_masks
+
+        check_masks(train, data)
     name = backbone if isinstance(backbone, str) else getattr(backbone, "name", type(backbone).__name__)
     if isinstance(backbone, str):
         from ..backbones import create_backbone
@@ -178,6 +223,10 @@ def evaluate(
     in_chans = getattr(backbone, "in_chans", None)
     if in_chans is not None:
         train.check_bands(in_chans, f"backbone {name!r}")
+    if "finetune" in protocols:  # before any long work
+        from .finetune import check_layer_decay
+
+        check_layer_decay(backbone, finetune_layer_decay, "finetune_layer_decay")
     backbone = backbone.to(dev)
     # zoo weights carry their source's evaluation transforms (torchgeo's Resize(256) + CenterCrop(224))
     side, resize = eval_geometry(backbone, size, train.size[0])
@@ -187,11 +236,14 @@ def evaluate(
                    pin_memory=dev.type == "cuda", persistent_workers=False)
         for ds in (train, test)
     ]
-    (x_train, y_train), (x_test, y_test) = [
-        # without label protocols the sample index stands in for the target (a file may have no labels)
-        extract_features(backbone, loader, preprocess=preprocess, device=dev, progress=progress,
-                         target_key=None if needs_labels else "index") for loader in loaders
-    ]
+    frozen = [p for p in protocols if p not in TRAINED_PROTOCOLS + DENSE_PROTOCOLS]
+    if frozen:  # the frozen-feature protocols share one extraction
+        (x_train, y_train), (x_test, y_test) = [
+            # without label protocols the sample index stands in for the target (a file may have no labels)
+            extract_features(backbone, loader, preprocess=preprocess, device=dev, progress=progress,
+                             target_key=None if any(p in LABEL_PROTOCOLS for p in frozen) else "index")
+            for loader in loaders
+        ]
     metrics: Dict[str, Dict[str, float]] = {}
     if "knn" in protocols:
         metrics["knn"] = knn_evaluate(
@@ -207,6 +259,24 @@ def evaluate(
             x_train, y_train, x_test, y_test, multi_label=train.multi_label, epochs=linear_epochs,
             seed=seed, device=dev,
         )
+    if "finetune" in protocols:
+        from .finetune import finetune
+        from .segmentation import segmentation_task
+
+        metrics["finetune"] = finetune(
+            backbone, train, test, preprocess=preprocess, batch_size=batch_size, num_workers=num_workers,
+            seed=seed, device=dev, progress=progress, names=finetune_names, **finetune_options,
+            **({"task": segmentation_task(train, preprocess=preprocess, decoder=segmentation_decoder)}
+               if finetune_task == "segmentation" else {}),
+        )
+    if "segmentation" in protocols:
+        from .segmentation import evaluate_segmentation
+
+        metrics["segmentation"] = evaluate_segmentation(
+            backbone, train, test, preprocess=preprocess, batch_size=batch_size, num_workers=num_workers,
+            epochs=segmentation_epochs, lr=segmentation_lr, decoder=segmentation_decoder, seed=seed, device=dev,
+            progress=progress,
+        )
     return {
         "backbone": name,
         "data": str(data),
@@ -214,7 +284,7 @@ def evaluate(
         "eval_split": eval_split,
         "n_train": len(train),
         "n_test": len(test),
-        "feature_dim": int(x_train.shape[1]),
+        "feature_dim": int(x_train.shape[1]) if frozen else int(getattr(backbone, "num_features", 0)),
         "task": ("multi-label" if train.multi_label else "single-label") if train.target_key else "unlabelled",
         "metrics": {k: {m: float(v) for m, v in d.items()} for k, d in metrics.items()},
     }

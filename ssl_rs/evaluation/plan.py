@@ -12,6 +12,11 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 
 
+#: the eval.* keys of the fine-tuning protocol, named as :func:`~ssl_rs.evaluation.harness.evaluate` takes them
+FINETUNE_KEYS = ("finetune_epochs", "finetune_lr", "finetune_backbone_lr_scale", "finetune_layer_decay",
+                 "finetune_weight_decay")
+
+
 def evaluation_plan(cfg: DictConfig) -> Tuple[str, List[Optional[str]]]:
     """The file the final evaluation scores (``eval.data``, else the pretraining file) and its
     split schemes (``eval.schemes``, else the training scheme, or the file's default scheme when
@@ -55,7 +60,28 @@ def check_evaluation(cfg: DictConfig) -> Optional[str]:
                 "`ssl-rs eval knn --checkpoint ... --data ...`")
     for scheme in schemes:
         GeoDataset(path, split="train", scheme=scheme)  # a missing scheme names `ssl-rs data split`
+    if "segmentation" in protocols:
+        from .segmentation import check_masks, check_segmentation_options
+
+        check_segmentation_options(epochs=cfg.eval.segmentation_epochs, names={"epochs": "eval.segmentation_epochs"})
+        check_masks(GeoDataset(path, bands=bands if cfg.eval.data else None), path)
+    if "finetune" in protocols and cfg.eval.finetune_layer_decay is not None:
+        _check_finetune_layer_decay(cfg)
     return None
+
+
+def _check_finetune_layer_decay(cfg: DictConfig) -> None:
+    """``eval.finetune_layer_decay`` for a backbone without layers to decay fails before the training,
+    judged on the configured backbone built on the meta device (no memory, no compute)."""
+    import torch
+
+    from ..backbones import create_backbone
+    from .finetune import check_layer_decay
+
+    with torch.device("meta"):
+        backbone = create_backbone(cfg.backbone.name, in_chans=len(cfg.data.bands) if cfg.data.bands else 3,
+                                   **dict(cfg.backbone.args))
+    check_layer_decay(backbone, cfg.eval.finetune_layer_decay, "eval.finetune_layer_decay")
 
 
 def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str, Any]:
@@ -74,6 +100,8 @@ def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str
         res = evaluate(backbone, path, scheme=scheme, protocols=protocols,
                        size=cfg.augmentation.size, bands=list(cfg.data.bands) if cfg.data.bands else None,
                        batch_size=max(cfg.data.batch_size, 256), knn_k=cfg.eval.knn_k,
-                       knn_temperature=cfg.eval.knn_temperature, progress=progress, seed=cfg.trainer.seed)
+                       knn_temperature=cfg.eval.knn_temperature, progress=progress, seed=cfg.trainer.seed,
+                       segmentation_epochs=cfg.eval.segmentation_epochs,
+                       **{k: cfg.eval[k] for k in FINETUNE_KEYS})
         out[res["scheme"] or "default"] = res
     return out

@@ -42,19 +42,23 @@ def cmd_zoo_info(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_download(args: argparse.Namespace) -> int:
+    from ..files import terminate_cleanly
     from . import download
 
-    path = download(args.name, sha256=args.sha256, allow_unverified=args.allow_unverified,
-                    progress=not args.no_progress)
+    with terminate_cleanly():  # SIGTERM removes the partial download like Ctrl-C does
+        path = download(args.name, sha256=args.sha256, allow_unverified=args.allow_unverified,
+                        progress=not args.no_progress)
     print(path)
     return 0
 
 
 def cmd_zoo_export(args: argparse.Namespace) -> int:
+    from ..files import terminate_cleanly
     from .export import export_run
 
-    out = export_run(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, url=args.url,
-                     license=args.license)
+    with terminate_cleanly():  # SIGTERM removes the partial outputs like Ctrl-C does
+        out = export_run(args.run_dir, args.output, name=args.name, checkpoint=args.checkpoint, url=args.url,
+                         license=args.license)
     entry = out["entry"]
     print(f"wrote {out['weights']} ({entry.size} bytes, sha256 {entry.sha256})")
     print(f"wrote {out['model_card']}, {out['entry_file']}, {out['config']}")

@@ -254,3 +254,16 @@ def test_missing_convert_source_is_one_line_before_anything_is_written(tmp_path,
     err = capsys.readouterr().err
     assert "data.convert.src" in err and "no_such_dir not found" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_sharded_folder_is_a_data_path_and_a_plain_folder_is_refused(tmp_path, fake_cells, capsys):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    suite = write_suite(tmp_path / "micro.yaml", data={"path": str(folder)})
+    out = tmp_path / "out"
+    assert main(["bench", "run", str(suite), "--out", str(out), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "data.path" in err and "is a folder without index.json" in err and err.count("\n") == 1
+    (folder / "index.json").write_text("{}\n")  # what makes a folder a dataset (its contents are read by the cells)
+    assert main(["bench", "run", str(suite), "--out", str(out), "--dry-run"]) == 0
+    assert "not found" not in capsys.readouterr().err

@@ -216,6 +216,16 @@ def test_ablation_bars_colour_the_ablated_axis():
     assert_legends_cover_no_panel(fig)
 
 
+def test_each_panel_names_the_metric_it_plots():
+    rows = make_rows(seeds=(0,), schemes=("random",))
+    for r in make_rows(seeds=(0,), schemes=("random",), protocols=("segmentation",)):
+        r["miou"], r["acc_macro"], r["eval_data"] = r.pop("acc_macro"), "", "cashew"
+        rows.append(r)
+    fig = plot_bars(rows, ["method"], "acc_macro", None, "Methods")
+    assert {ax.get_title(): ax.get_ylabel() for ax in panels(fig)} == {
+        "world: k-NN, random split": "acc_macro (%)", "cashew: segmentation, random split": "miou (%)"}
+
+
 # ----------------------------------------------------------------------------- embedding.png
 def test_embedding_rows_name_their_run_and_classes_get_a_colour_bar():
     rng = np.random.default_rng(0)
@@ -232,6 +242,15 @@ def test_embedding_rows_name_their_run_and_classes_get_a_colour_bar():
     assert len(class_bars) == 2
     widths = {round(ax.get_position().width, 3) for ax in scatter_axes}
     assert len(widths) == 1  # the class panel is as wide as the latitude and longitude panels
+
+
+def test_embedding_of_data_without_locations_says_so_instead_of_failing():
+    rng = np.random.default_rng(0)
+    e = {"xy": rng.normal(size=(20, 2)), "lat": None, "lon": None, "class": rng.integers(0, 2, 20),
+         "class_names": ["a", "b"]}
+    fig = draw(embedding_figure([("mocov2 (seed=0)", e)], "pca"))
+    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert notes == ["no latitude: the data has no lat/lon", "no longitude: the data has no lat/lon"]
 
 
 # ----------------------------------------------------------------------------- report()

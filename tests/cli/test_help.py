@@ -43,6 +43,13 @@ def flags(command: str) -> set:
 def test_protocol_options_only_on_their_protocol():
     assert {"--k", "--temperature"} <= flags("ssl-rs eval knn") and "--epochs" not in flags("ssl-rs eval knn")
     assert "--epochs" in flags("ssl-rs eval linear") and not {"--k", "--temperature"} & flags("ssl-rs eval linear")
+    tuning = {"--lr", "--backbone-lr-scale", "--layer-decay", "--weight-decay"}
+    assert tuning | {"--epochs"} <= flags("ssl-rs eval finetune") and not {"--k", "--temperature"} & flags(
+        "ssl-rs eval finetune")
+    assert not any(tuning & flags(f"ssl-rs eval {p}") for p in ("knn", "linear", "geo"))
+    segmentation = flags("ssl-rs eval segmentation")
+    assert {"--epochs", "--lr", "--decoder"} <= segmentation and not {"--k", "--temperature", "--layer-decay"} & segmentation
+    assert not any("--decoder" in flags(f"ssl-rs eval {p}") for p in ("knn", "linear", "geo", "finetune"))
 
 
 @pytest.mark.parametrize("argv", [["eval", "knn", "--epochs", "5"], ["eval", "linear", "--k", "5"]])

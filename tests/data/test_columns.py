@@ -26,6 +26,9 @@ IMAGES = RNG.integers(0, 3000, (N, 3, 8, 8)).astype(np.uint16)
 LAT = np.linspace(-10, 10, N)
 LON = np.linspace(20, 30, N)
 CLASSES = ["a", "b", "c"]
+MASK_CLASSES = ["background", "cashew", "road"]
+MASKS = np.stack([(np.arange(64).reshape(8, 8) + i) % 4 for i in range(N)]).astype(np.uint8)
+MASKS[MASKS == 3] = 255  # no data
 
 
 @dataclass
@@ -52,6 +55,11 @@ EXAMPLES: Dict[str, Example] = {
                                              dtype=torch.float32),
                       {"task": "multi-label", "class_counts": {"a": 2, "b": 3, "c": 2}}, [5],
                       {"class_names": CLASSES, "multi_label": True}),
+    "mask": Example(list(MASKS.astype(np.int64)), lambda i: torch.from_numpy(MASKS[i]),
+                    {"mask_classes": MASK_CLASSES, "mask_nodata": 255, "mask_pixels_sampled": None,
+                     "mask_pixel_counts": {"background": int((MASKS == 0).sum()), "cashew": int((MASKS == 1).sum()),
+                                           "road": int((MASKS == 2).sum()), "no-data": int((MASKS == 255).sum())}},
+                    np.full((8, 8), 7), {"mask_classes": MASK_CLASSES}),
     "time": Example([f"2020-01-0{i + 1}" for i in range(N)], lambda i: f"2020-01-0{i + 1}",
                     {"time_range": ["2020-01-01", "2020-01-06"]}, 20200101),
     "group": Example([0, 0, 1, 1, 2, 2], lambda i: torch.tensor(i // 2), {"groups": 3}, "g1"),
@@ -217,12 +225,13 @@ OPTIONAL = [c for c in COLUMNS if not c.required]
 @pytest.mark.parametrize("column", OPTIONAL, ids=[c.name for c in OPTIONAL])
 def test_an_optional_column_is_given_for_all_samples_or_none(tmp_path, column):
     example = EXAMPLES[column.name]
-    with pytest.raises(DataError, match=rf"{re.escape(column.display_name(OFFICIAL_SPLIT))}: given for some samples "
-                                        "but not for sample 1"):
+    located = column.append_arg in ("lat", "lon")  # lat and lon go together: the second sample has neither
+    name = "lat/lon" if located else column.display_name(OFFICIAL_SPLIT)
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: given for some samples but not for sample 1"):
         with H5Writer(tmp_path / "w.h5", bands=["B02", "B03", "B04"], size=(8, 8), gsd=10.0, source="t",
                       **example.writer) as w:
-            w.append(IMAGES[0], lat=LAT[0], lon=LON[0], **{column.append_arg: example.values[0]})
-            w.append(IMAGES[1], lat=LAT[1], lon=LON[1])
+            w.append(IMAGES[0], lat=LAT[0], lon=LON[0], **({} if located else {column.append_arg: example.values[0]}))
+            w.append(IMAGES[1], **({} if located else {"lat": LAT[1], "lon": LON[1]}))
 
 
 def test_an_unknown_column_is_a_type_error(tmp_path):

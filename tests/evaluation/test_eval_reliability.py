@@ -3,8 +3,10 @@ evaluation runs, and nothing is written; checkpoints load as tensors only."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,6 +135,28 @@ def test_checkpoint_with_other_backbone_args_is_one_line_and_a_fitting_one_evalu
     assert json.loads(out_json.read_text())["metrics"]["knn"]["acc_macro"] >= 0
 
 
+
+def test_checkpoint_may_be_a_run_directory(capsys, tmp_path, tiny_world):
+    from ssl_rs.backbones import create_backbone
+
+    run = tmp_path / "runs" / "mocov2"
+    (run / "checkpoints").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "eval", "knn", "--checkpoint", str(run), "--data", str(tiny_world))
+    assert_one_line_error(code, err, f"{run}: a directory without checkpoints/last.ckpt")
+    torch.manual_seed(0)
+    weights = create_backbone("tiny_cnn", in_chans=len(L2A))
+    torch.save({"ssl_rs_config": {"backbone": {"name": "tiny_cnn", "args": {}},
+                                  "method": {"name": "mocov2", "args": {}}, "augmentation": {"size": 12}},
+                "ssl_rs_bands": L2A,
+                "state_dict": {"backbone." + k: v for k, v in weights.state_dict().items()}},
+               run / "checkpoints" / "last.ckpt")
+    out_json = tmp_path / "r.json"
+    code, _, err = run_cli(capsys, "eval", "knn", "--checkpoint", str(run), "--data", str(tiny_world),
+                           "--device", "cpu", "--json", str(out_json))
+    assert code == 0, err
+    assert json.loads(out_json.read_text())["metrics"]["knn"]["acc_macro"] >= 0
+
+
 # ----------------------------------------------------------------------------- options
 @pytest.mark.parametrize("option, value, message", [
     ("--batch-size", "0", "--batch-size: must be an integer >= 1, got 0"),
@@ -242,3 +266,18 @@ def test_json_in_a_chmod_read_only_directory(capsys, tmp_path, tiny_world, no_ev
         locked.chmod(0o755)
     assert_one_line_error(code, err, "--json: cannot write")
     assert not no_evaluation and list(locked.iterdir()) == []
+
+
+def test_eval_json_is_written_atomically(capsys, tmp_path, tiny_world, monkeypatch):
+    """A full disk while ``--json`` is written leaves the previous file whole and is one line."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from test_reliability import fail_writes_of_part_files  # the data tests' full-disk injector
+
+    out_json = tmp_path / "r.json"
+    out_json.write_text('{"previous": true}\n')
+    fail_writes_of_part_files(monkeypatch, errno.ENOSPC)
+    code, _, err = run_cli(capsys, "eval", "knn", "--backbone", "tiny_cnn", "--backbone-args", '{"width": 8}',
+                           "--data", str(tiny_world), "--device", "cpu", "--json", str(out_json))
+    assert_one_line_error(code, err, f"{out_json}: no space left on device")
+    assert json.loads(out_json.read_text()) == {"previous": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no part file left

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -389,3 +392,30 @@ def test_cli_download(file_server, ssl_rs_home, entry_for, monkeypatch, capsys):
     assert main(["zoo", "download", "cli_good", "--sha256", digest, "--no-progress"]) == 0
     path = Path(capsys.readouterr().out.strip())
     assert path.read_bytes() == body and path.is_relative_to(ssl_rs_home)
+
+
+def test_sigterm_during_export_leaves_nothing_behind(tiny_run, tmp_path):
+    """``zoo export`` handles SIGTERM like ``data convert``: exit 143, no part file, no output."""
+    out = tmp_path / "release"
+    script = f"""
+import os, signal, sys
+import ssl_rs.files as files
+import ssl_rs.zoo.export as export
+
+def write_bytes(path, data, **kw):  # a SIGTERM arrives halfway through writing the weights
+    with files.atomic_output(path) as part:
+        part.file.write(data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGTERM)
+        part.file.write(data[len(data) // 2:])
+    return path
+
+export.write_bytes = write_bytes
+from ssl_rs.cli import main
+sys.exit(main(["zoo", "export", {str(tiny_run)!r}, "-o", {str(out)!r}, "--name", "tiny"]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "interrupted (SIGTERM)" in done.stderr
+    left = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+    assert not [name for name in left if name.endswith(".part") or name.endswith(".safetensors")], left

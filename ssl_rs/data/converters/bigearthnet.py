@@ -169,17 +169,24 @@ def plan_bigearthnet(src: Path, *, labels: str = "43") -> ConversionPlan:
     )
 
 
-def read_bigearthnet(patch: Path, context: Dict[str, Any]) -> Iterator[Tuple[np.ndarray, Dict[str, Any]]]:
-    """The one sample of a patch folder: its 12 bands on the 10 m grid, labels and date."""
-    nomenclature = context["nomenclature"]
-    meta = read_metadata(patch)
-    meta_path = patch / f"{patch.name}_labels_metadata.json"
+def read_patch_bands(patch: Path) -> Tuple[np.ndarray, float, float]:
+    """A patch folder's 12 band files ``<patch>_<band>.tif`` (the layout of v1.0 and v2.0) stacked
+    on its 10 m grid (120x120, the 20 m / 60 m bands upsampled) and the (lat, lon) of its centre."""
     files = band_files(patch, S2_BANDS_L2A, f"{patch.name}_{{band}}.tif")
     image, grid = stack_bands(files, S2_BANDS_L2A, reference="B02")
     if (grid.height, grid.width) != (PATCH_SIZE, PATCH_SIZE):
         size = f"{grid.height}x{grid.width} px, expected {PATCH_SIZE}x{PATCH_SIZE}"
         raise DataError(f"{files['B02']}: size: {size}")
     lat, lon = grid.center_latlon()
+    return image, lat, lon
+
+
+def read_bigearthnet(patch: Path, context: Dict[str, Any]) -> Iterator[Tuple[np.ndarray, Dict[str, Any]]]:
+    """The one sample of a patch folder: its 12 bands on the 10 m grid, labels and date."""
+    nomenclature = context["nomenclature"]
+    meta = read_metadata(patch)
+    meta_path = patch / f"{patch.name}_labels_metadata.json"
+    image, lat, lon = read_patch_bands(patch)
     yield image, dict(
         lat=lat,
         lon=lon,
