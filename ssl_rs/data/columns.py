@@ -17,13 +17,15 @@ import logging
 import operator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
-import torch
 
 from ..errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where items are made, not by writers (converter workers)
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -394,23 +396,33 @@ def _split_counts(column: Column, group, classes) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- reading hooks
-def _image(row: np.ndarray) -> torch.Tensor:
+def _image(row: np.ndarray) -> "torch.Tensor":
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(row))  # raw uint16: normalised later, on the device
 
 
-def _float64(row) -> torch.Tensor:
+def _float64(row) -> "torch.Tensor":
+    import torch
+
     return torch.tensor(row, dtype=torch.float64)
 
 
-def _int64(row) -> torch.Tensor:
+def _int64(row) -> "torch.Tensor":
+    import torch
+
     return torch.tensor(int(row), dtype=torch.int64)
 
 
-def _mask(row: np.ndarray) -> torch.Tensor:
+def _mask(row: np.ndarray) -> "torch.Tensor":
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(row))  # uint8 class indices, as stored
 
 
-def _multi_hot(row: np.ndarray) -> torch.Tensor:
+def _multi_hot(row: np.ndarray) -> "torch.Tensor":
+    import torch
+
     return torch.from_numpy(row.astype(np.float32))
 
 

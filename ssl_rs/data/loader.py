@@ -95,10 +95,10 @@ class BatchRing:
         self.slots, self.capacity = int(slots), int(capacity)
         try:
             self.data = torch.empty(self.slots * self.capacity, dtype=torch.uint16).share_memory_()
-        except RuntimeError as e:
-            raise RuntimeError(f"batch ring: cannot allocate {self.slots} x {2 * self.capacity / 1e6:.1f} MB of "
-                               f"shared memory ({e}); use fewer workers or a smaller prefetch_factor, or make "
-                               "/dev/shm larger") from None
+        except RuntimeError as e:  # /dev/shm too small (a container's default is 64 MB): one line, exit 2
+            raise ConfigError(f"data.num_workers: the batch ring needs {self.slots} x {2 * self.capacity / 1e6:.1f} MB "
+                              f"of shared memory, which cannot be allocated ({str(e).splitlines()[0]}); use fewer "
+                              "workers, a smaller batch, or a larger /dev/shm (docker run --shm-size)") from None
         self.owner = torch.zeros(self.slots, dtype=torch.int64).share_memory_()
         self.overflow_count = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.lock = context.Lock()

@@ -19,8 +19,8 @@ from ssl_rs.bench import load_suite, report, run_suite
 from ssl_rs.cli import main
 from ssl_rs.errors import ConfigError
 
-TINY_OVERRIDES = ["data.batch_size=32", "trainer.max_epochs=1", "trainer.knn_every_n_epochs=0",
-                  "backbone.args.width=8", "method.args.queue_size=64"]
+from test_bench import TINY_OVERRIDES  # the bench tests' tiny training (same folder)
+
 SOURCE = "Some et al. 2025, Table 1"
 
 

@@ -436,3 +436,18 @@ def test_wrong_band_count_and_misaligned_band(tmp_path):
         convert("major-tom", tmp_path / "mt", tmp_path / "mt.h5", patch_size=32, progress=False)
     assert not (tmp_path / "eu.h5").exists() and not (tmp_path / "mt.h5").exists()
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_conversion_workers_do_not_import_torch():
+    """A spawned conversion worker imports its converter's module and the writer; torch (~3 s and
+    0.7 GB per process) is not needed for that (Sen4AgriNet's splits still use ssl_rs.geodesy)."""
+    import subprocess
+    import sys
+
+    modules = ["parallel", "eurosat", "bigearthnet", "bigearthnet_v2", "so2sat", "ssl4eo", "major_tom",
+               "segmentation_tiles"]
+    code = "; ".join(f"import ssl_rs.data.converters.{m}" for m in modules)
+    done = subprocess.run([sys.executable, "-c", f"{code}; import sys; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -184,3 +184,15 @@ def test_what_stays_on_the_standard_hand_over(world):
 def test_ring_arguments_are_checked():
     with pytest.raises(Exception, match="at least one slot"):
         BatchRing(0, 10)
+
+
+def test_a_ring_that_does_not_fit_in_shared_memory_is_one_line_naming_the_option(monkeypatch):
+    from ssl_rs.errors import ConfigError
+
+    def no_room(self):
+        raise RuntimeError("unable to write to file </torch_1_2>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", no_room)
+    with pytest.raises(ConfigError, match=r"data.num_workers: the batch ring needs 3 x 0.0 MB of shared memory, "
+                                          r"which cannot be allocated \(unable to write"):
+        BatchRing(3, 8)
