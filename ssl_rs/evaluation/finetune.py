@@ -262,32 +262,34 @@ class ClassificationTask:
         return single_label_metrics(outputs, targets.long(), num_classes=self.num_classes)
 
 
-def classification_task(dataset: Any) -> ClassificationTask:
-    """The classification task of a labelled dataset (a :class:`~ssl_rs.data.dataset.GeoDataset`)."""
+def classification_task(dataset: Any, preprocess: Optional[nn.Module] = None) -> ClassificationTask:
+    """The classification task of a labelled dataset (a :class:`~ssl_rs.data.dataset.GeoDataset`);
+    ``preprocess`` changes nothing for it (its targets have no geometry)."""
     key = getattr(dataset, "target_key", None)
     if key is None:
         raise ConfigError(f"{getattr(dataset, 'path', 'data')}: label/labels: the file has no labels to fine-tune on")
     return ClassificationTask(int(dataset.num_classes), multi_label=bool(dataset.multi_label), target_key=key)
 
 
-def _segmentation_task(dataset: Any) -> Any:
+def _segmentation_task(dataset: Any, preprocess: Optional[nn.Module] = None) -> Any:
     """The segmentation task of a dataset with per-pixel masks
-    (:class:`ssl_rs.evaluation.segmentation.SegmentationTask`: the probe's decoder, no-data ignored)."""
+    (:class:`ssl_rs.evaluation.segmentation.SegmentationTask`: the probe's decoder, no-data ignored;
+    its labels follow ``preprocess``'s resize and crop, by nearest neighbour)."""
     from .segmentation import segmentation_task
 
-    return segmentation_task(dataset)
+    return segmentation_task(dataset, preprocess=preprocess)
 
 
-#: task name -> function making the task for the train dataset
-TASKS: Dict[str, Callable[[Any], Any]] = {"classification": classification_task, "segmentation": _segmentation_task}
+#: task name -> function making the task for the train dataset and the evaluation's preprocess
+TASKS: Dict[str, Callable[..., Any]] = {"classification": classification_task, "segmentation": _segmentation_task}
 
 
-def make_task(task: Union[str, Any], dataset: Any) -> Any:
+def make_task(task: Union[str, Any], dataset: Any, preprocess: Optional[nn.Module] = None) -> Any:
     if not isinstance(task, str):
         return task  # a task object made by the caller
     if task not in TASKS:
         raise ConfigError(f"task: unknown fine-tuning task {task!r} (use {', '.join(TASKS)})")
-    return TASKS[task](dataset)
+    return TASKS[task](dataset, preprocess)
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -340,7 +342,8 @@ def finetune(
                            weight_decay=weight_decay, warmup_steps=warmup_steps, batch_size=batch_size, names=names)
     names = names or {}
     check_layer_decay(backbone, layer_decay, names.get("layer_decay", "layer_decay"))
-    the_task = make_task(task, train)
+    if isinstance(task, str) and task not in TASKS:  # before any work
+        make_task(task, train)
     for ds, what in ((train, "train"), (evaluate_on, "evaluation")):
         if len(ds) == 0:
             raise DataError(f"{getattr(ds, 'path', what)}: the {what} split has no samples to fine-tune on")
@@ -349,6 +352,7 @@ def finetune(
         from ..augmentations import Preprocess
 
         preprocess = Preprocess(int(train.size[0]), train.band_mean, train.band_std).to(dev)
+    the_task = make_task(task, train, preprocess)  # segmentation labels follow the images' geometry
 
     n = len(train)
     # BatchNorm cannot train on a lone sample: a last batch of one is dropped

@@ -215,3 +215,30 @@ def test_pretraining_config_accepts_finetune(tiny_world):
     cfg = load_config("synthetic/mocov2", [*base, "eval.protocols=[finetune]", "eval.finetune_layer_decay=0.75"])
     with pytest.raises(ConfigError, match="^eval.finetune_layer_decay: backbone 'tiny_cnn' has no layers"):
         check_evaluation(cfg)
+
+
+def test_segmentation_task_by_name_gets_the_preprocess(tmp_path, monkeypatch):
+    """``finetune(task="segmentation", preprocess=P)``: the labels follow P's resize and crop, so the
+    task is made with P (before, only the harness passed it; by name the labels were only resized)."""
+    from ssl_rs.augmentations import Preprocess
+    from ssl_rs.data.synth import synthesize
+    import ssl_rs.evaluation.segmentation as segmentation
+
+    path = tmp_path / "seg.h5"
+    synthesize(path, n=40, size=16, seed=0, num_classes=3, progress=False, masks=True)
+    train, test = GeoDataset(path, split="train"), GeoDataset(path, split="test")
+    made = []
+    real = segmentation.segmentation_task
+
+    def recording(dataset, preprocess=None, decoder="auto"):
+        made.append(preprocess)
+        return real(dataset, preprocess=preprocess, decoder=decoder)
+
+    monkeypatch.setattr(segmentation, "segmentation_task", recording)
+    crop = Preprocess(8, train.band_mean, train.band_std, resize=16)  # resize to 16, centre crop of 8
+    out = finetune(tiny_cnn(), train, test, task="segmentation", preprocess=crop, epochs=1, batch_size=16,
+                   progress=False, device="cpu")
+    assert made == [crop] and 0 <= out["miou"] <= 100
+    task = real(train, preprocess=crop)
+    masks = torch.arange(16 * 16, dtype=torch.int64).reshape(1, 16, 16) % 3
+    assert torch.equal(task._fit(masks, (8, 8)), masks[:, 4:12, 4:12])  # the crop, not a resize of the whole
