@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
+from ..data.loader import make_loader
 from ..errors import ConfigError, DataError
 from ..progress import Progress
 from .features import _model_device
@@ -359,10 +359,10 @@ def finetune(
     drop_last = n > batch_size and n % batch_size == 1
     loader_generator = torch.Generator().manual_seed(seed)
     pin = dev.type == "cuda"
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=drop_last,
-                              generator=loader_generator, num_workers=num_workers, pin_memory=pin)
-    eval_loader = DataLoader(evaluate_on, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                             pin_memory=pin)
+    train_loader = make_loader(train, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                               generator=loader_generator, num_workers=num_workers, pin_memory=pin)
+    eval_loader = make_loader(evaluate_on, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                              pin_memory=pin)
     steps_per_epoch = len(train_loader)
     total_steps = epochs * steps_per_epoch
     cuda = [dev] if dev.type == "cuda" else []

@@ -9,10 +9,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, SslRsError
 from ..data.dataset import GeoDataset
+from ..data.loader import make_loader  # workers hand batches over through a shared-memory ring
 from ..text import one_line
 
 #: ``geo``: the geo probes (:mod:`ssl_rs.evaluation.geo_probes`), which need lat/lon, not labels
@@ -232,8 +232,8 @@ def evaluate(
     side, resize = eval_geometry(backbone, size, train.size[0])
     preprocess = Preprocess(side, train.band_mean, train.band_std, resize=resize).to(dev)
     loaders = [
-        DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                   pin_memory=dev.type == "cuda", persistent_workers=False)
+        make_loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                    pin_memory=dev.type == "cuda", persistent_workers=False)
         for ds in (train, test)
     ]
     frozen = [p for p in protocols if p not in TRAINED_PROTOCOLS + DENSE_PROTOCOLS]

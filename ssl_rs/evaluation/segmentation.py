@@ -444,15 +444,15 @@ def evaluate_segmentation(backbone: nn.Module, train: Any, test: Any, *, preproc
     """:func:`segmentation_probe` on two :class:`~ssl_rs.data.dataset.GeoDataset` splits with masks
     (``mask_classes`` name the classes, ``mask_nodata`` is ignored); the train loader is shuffled
     by a generator seeded with ``seed``."""
-    from torch.utils.data import DataLoader
+    from ..data.loader import make_loader
 
     check_masks(train, train.path)
     check_masks(test, test.path)
     dev = torch.device(device) if device is not None else None
     pin = dev is not None and dev.type == "cuda"
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, pin_memory=pin,
-                              generator=torch.Generator().manual_seed(seed))
-    test_loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin)
+    train_loader = make_loader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, pin_memory=pin,
+                               generator=torch.Generator().manual_seed(seed))
+    test_loader = make_loader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin)
     classes = list(train.mask_classes)
     return segmentation_probe(backbone, train_loader, test_loader, num_classes=len(classes), class_names=classes,
                               nodata=train.mask_nodata, preprocess=preprocess, decoder=decoder, epochs=epochs,

@@ -242,3 +242,17 @@ def test_segmentation_task_by_name_gets_the_preprocess(tmp_path, monkeypatch):
     task = real(train, preprocess=crop)
     masks = torch.arange(16 * 16, dtype=torch.int64).reshape(1, 16, 16) % 3
     assert torch.equal(task._fit(masks, (8, 8)), masks[:, 4:12, 4:12])  # the crop, not a resize of the whole
+
+
+def test_worker_processes_give_the_same_scores(tmp_path):
+    """With DataLoader workers the harness's loaders hand batches over through the shared-memory
+    ring (ssl_rs.data.loader); every protocol scores exactly as when it reads in-process."""
+    from ssl_rs.data.synth import synthesize
+    from ssl_rs.evaluation.harness import evaluate
+
+    path = tmp_path / "seg.h5"
+    synthesize(path, n=60, size=16, seed=0, num_classes=3, progress=False, masks=True)
+    runs = [evaluate(tiny_cnn(), path, protocols=["knn", "finetune", "segmentation"], num_workers=workers,
+                     batch_size=16, finetune_epochs=1, segmentation_epochs=1, device="cpu", progress=False)
+            for workers in (0, 1)]
+    assert runs[0]["metrics"] == runs[1]["metrics"]
