@@ -171,16 +171,6 @@ def check_locations(train_ds: GeoDataset, cfg: DictConfig) -> None:
         train_ds.require_location("data.sampler: geo_neighbors")
 
 
-def _check_eval_locations(cfg: DictConfig) -> None:
-    """The final evaluation's geo probes (``eval.protocols: [geo]``) need lat/lon in its file."""
-    from .data.dataset import GeoDataset
-    from .evaluation.plan import eval_protocols, evaluation_plan
-
-    if "geo" in eval_protocols(cfg):
-        path, _ = evaluation_plan(cfg)
-        GeoDataset(path).require_location("eval.protocols: geo (the geo probes)")
-
-
 def _paired(train_ds: GeoDataset, cfg: DictConfig):
     """The training items: the split itself, or each sample with a partner (another date of the
     place, ``data.temporal_positives``; a neighbour, ``data.neighbor_pairs``)."""
@@ -280,8 +270,6 @@ def _check_before_writing(cfg: DictConfig, resume: Optional[str], run_dir: Path,
     if is_rank_zero():  # the other processes would find rank 0's lock
         check_run_dir(run_dir, fresh, cfg.output.overwrite)  # again under the lock
     skipped = check_evaluation(cfg) if evaluate_after else None  # before hours of training, not after
-    if evaluate_after:
-        _check_eval_locations(cfg)
     if skipped:
         log.warning("%s", skipped)
     return resume_state, skipped

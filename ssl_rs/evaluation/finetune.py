@@ -342,17 +342,15 @@ def finetune(
                            weight_decay=weight_decay, warmup_steps=warmup_steps, batch_size=batch_size, names=names)
     names = names or {}
     check_layer_decay(backbone, layer_decay, names.get("layer_decay", "layer_decay"))
-    if isinstance(task, str) and task not in TASKS:  # before any work
-        make_task(task, train)
-    for ds, what in ((train, "train"), (evaluate_on, "evaluation")):
-        if len(ds) == 0:
-            raise DataError(f"{getattr(ds, 'path', what)}: the {what} split has no samples to fine-tune on")
     dev = torch.device(device) if device is not None else _model_device(backbone)
     if preprocess is None:
         from ..augmentations import Preprocess
 
         preprocess = Preprocess(int(train.size[0]), train.band_mean, train.band_std).to(dev)
     the_task = make_task(task, train, preprocess)  # segmentation labels follow the images' geometry
+    for ds, what in ((train, "train"), (evaluate_on, "evaluation")):
+        if len(ds) == 0:
+            raise DataError(f"{getattr(ds, 'path', what)}: the {what} split has no samples to fine-tune on")
 
     n = len(train)
     # BatchNorm cannot train on a lone sample: a last batch of one is dropped

@@ -42,7 +42,7 @@ def eval_protocols(cfg: DictConfig) -> List[str]:
 
 def check_evaluation(cfg: DictConfig) -> Optional[str]:
     """Fail before training when the final evaluation could not run (missing file, band or split
-    scheme, unknown protocol); return why it will be skipped when the file simply has no labels
+    scheme, unknown protocol, masks for segmentation, lat/lon for the geo probes); return why it will be skipped when the file simply has no labels
     (unlabelled pretraining data such as SSL4EO-S12 or Major-TOM) and every protocol needs them,
     else None (label protocols on a file without labels are left out, the geo probes run)."""
     from ..data.dataset import GeoDataset
@@ -53,7 +53,8 @@ def check_evaluation(cfg: DictConfig) -> Optional[str]:
     if cfg.eval.data and not Path(path).exists():  # a file, or a folder of shards
         raise ConfigError(f"eval.data: {path} not found")
     bands = list(cfg.data.bands) if cfg.data.bands else None
-    unlabelled = GeoDataset(path, bands=bands if cfg.eval.data else None).target_key is None
+    whole = GeoDataset(path, bands=bands if cfg.eval.data else None)
+    unlabelled = whole.target_key is None
     if unlabelled and all(p in LABEL_PROTOCOLS for p in protocols):
         return (f"{path} has no labels, so the final k-NN evaluation is skipped: set eval.data to a labelled "
                 "ssl-rs file, add eval.protocols=[geo] for the geo probes, or score the checkpoint later with "
@@ -64,7 +65,9 @@ def check_evaluation(cfg: DictConfig) -> Optional[str]:
         from .segmentation import check_masks, check_segmentation_options
 
         check_segmentation_options(epochs=cfg.eval.segmentation_epochs, names={"epochs": "eval.segmentation_epochs"})
-        check_masks(GeoDataset(path, bands=bands if cfg.eval.data else None), path)
+        check_masks(whole, path)
+    if "geo" in protocols:
+        whole.require_location("eval.protocols: geo (the geo probes)")
     if "finetune" in protocols and cfg.eval.finetune_layer_decay is not None:
         _check_finetune_layer_decay(cfg)
     return None
