@@ -233,3 +233,23 @@ def test_cashew_benin_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ssl_rs.cli", "data", "convert", "cashew-benin", str(src),
                           "-o", str(tmp_path / "y.h5"), "--date", "1999"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--date: '1999'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_geotiff_masks_gsd_is_measured_in_metres(tmp_path):
+    """The GSD attribute is the tile's pixel size in metres: the CRS's for UTM, the geodesic pixel
+    step for a tile in degrees (never an assumed 10 m)."""
+    rng = np.random.default_rng(5)
+    utm = tmp_path / "utm"
+    tile_pair(utm, "a", rng)  # 10 m pixels in EPSG:32631
+    out = convert("geotiff-masks", utm, tmp_path / "utm.h5", progress=False, bands="B02,B03,B04,B08", classes="a,b,c")
+    with h5py.File(out) as f:
+        assert float(f.attrs["gsd"]) == 10.0
+    degrees = tmp_path / "degrees"
+    step = 1e-4  # degrees per pixel, at 48 N: ~11.1 m north-south, ~7.4 m east-west
+    transform = Affine(step, 0, 11.0, 0, -step, 48.0)
+    write_tif(degrees / "images" / "a.tif", rng.integers(0, 5000, size=(4, 20, 24), dtype=np.uint16), transform, "EPSG:4326")
+    write_tif(degrees / "masks" / "a.tif", np.zeros((20, 24), np.uint8), transform, "EPSG:4326")
+    out = convert("geotiff-masks", degrees, tmp_path / "deg.h5", progress=False, bands="B02,B03,B04,B08", classes="a")
+    with h5py.File(out) as f:
+        gsd = float(f.attrs["gsd"])
+    assert 9.0 < gsd < 9.5  # (11.1 + 7.4) / 2

@@ -126,10 +126,8 @@ def find_tile_pairs(src: Path) -> List[Tuple[Path, Path, Optional[str]]]:
     return pairs
 
 
-def tile_bands(path: Path, given: Optional[List[str]]) -> List[str]:
+def tile_bands(path: Path, count: int, descriptions: Sequence[Optional[str]], given: Optional[List[str]]) -> List[str]:
     """The image's band names: ``--bands``, or its band descriptions (``B02`` ...)."""
-    with open_geotiff(path) as ds:
-        count, descriptions = ds.count, ds.descriptions
     if given is not None:
         names = given
     elif all(descriptions):
@@ -145,6 +143,20 @@ def tile_bands(path: Path, given: Optional[List[str]]) -> List[str]:
         raise ConfigError(f"--bands: {e}") from None
 
 
+def ground_sample_distance(grid: Grid) -> float:
+    """Metres per pixel: the CRS's pixel size where it is in metres (UTM ...), otherwise (degrees,
+    feet) the geodesic length of one pixel step east and south at the tile's centre, averaged."""
+    from pyproj import Geod
+
+    if grid.crs.is_projected and grid.crs.linear_units in ("metre", "meter"):
+        return float(abs(grid.transform.a))
+    row, col = grid.height / 2.0, grid.width / 2.0
+    lat, lon = grid.latlon([row, row, row + 1], [col, col + 1, col])
+    _, _, east = Geod(ellps="WGS84").inv(lon[0], lat[0], lon[1], lat[1])
+    _, _, south = Geod(ellps="WGS84").inv(lon[0], lat[0], lon[2], lat[2])
+    return float((east + south) / 2.0)
+
+
 def plan_geotiff_masks(src: Path, *, bands: Optional[str] = None, classes: Optional[str] = None,
                        nodata: int = MASK_NODATA, chip_size: int = 0, stride: int = 0) -> ConversionPlan:
     pairs = find_tile_pairs(src)  # the source first: a folder of something else is said before a missing option
@@ -158,9 +170,10 @@ def plan_geotiff_masks(src: Path, *, bands: Optional[str] = None, classes: Optio
     if chip_size < 0 or stride < 0:
         raise ConfigError(f"--{'chip-size' if chip_size < 0 else 'stride'}: must be >= 0")
     stride = stride or chip_size
-    band_names = tile_bands(pairs[0][0], parse_names("--bands", bands))
-    with open_geotiff(pairs[0][0]) as first:
-        tile = (first.height, first.width)
+    with open_geotiff(pairs[0][0]) as first:  # the first tile sets the bands, the size and the GSD
+        count, descriptions, grid = first.count, first.descriptions, grid_of(first)
+    band_names = tile_bands(pairs[0][0], count, descriptions, parse_names("--bands", bands))
+    tile = (grid.height, grid.width)
     if chip_size == 0:
         size, counts = tile, [1] * len(pairs)
     else:
@@ -177,17 +190,12 @@ def plan_geotiff_masks(src: Path, *, bands: Optional[str] = None, classes: Optio
         items=pairs,
         read=read_tile_pair,
         samples=counts,
-        writer=dict(bands=band_names, size=size, gsd=_gsd(pairs[0][0]),
+        writer=dict(bands=band_names, size=size, gsd=ground_sample_distance(grid),
                     source=f"GeoTIFF tiles with masks, converted from {src}",
                     mask_classes=class_names, mask_nodata=nodata),
         context=dict(bands=band_names, classes=class_names, nodata=nodata, chip=chip_size, stride=stride,
                      tile=tile, first=pairs[0][0].name),
     )
-
-
-def _gsd(path: Path) -> float:
-    with open_geotiff(path) as ds:
-        return float(abs(ds.res[0])) if ds.crs is not None and ds.crs.is_projected else 10.0
 
 
 def read_tile_pair(item: Tuple[Path, Path, Optional[str]], context: Dict[str, Any]) -> Iterator[Tuple[np.ndarray, Dict]]:
