@@ -10,6 +10,11 @@ A training checkpoint (``RUN/checkpoints/{last,best}.ckpt``) is Lightning's dict
                            "mean": [...], "std": [...]}`` (the data's band_mean / band_std, per
                            band of ``ssl_rs_bands``); absent in checkpoints written before it existed
 
+Lightning's state includes the training loader's place in its epoch,
+``loops.fit_loop.state_dict.combined_loader`` (:class:`ssl_rs.data.loader.ResumableLoader`'s
+``state_dict``; given back on ``--resume`` by :func:`ssl_rs.trainer.training_data_position`);
+checkpoints written before it existed resume with the interrupted epoch's data order restarted.
+
 The encoder that is scored and exported is the method's :meth:`evaluated_backbone`, stored under
 the method's :meth:`checkpoint_backbone_prefix` (``backbone.``; DINO's teacher
 ``momentum_backbone.``) and rebuilt around a fresh backbone by the method's

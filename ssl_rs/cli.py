@@ -249,7 +249,7 @@ _PROTOCOL_OPTIONS = {"knn_k": "k", "knn_temperature": "temperature", "linear_epo
 _FINETUNE_OPTIONS = {"finetune_epochs": "finetune_epochs", "finetune_lr": "finetune_lr",
                      "finetune_backbone_lr_scale": "finetune_backbone_lr_scale",
                      "finetune_layer_decay": "finetune_layer_decay",
-                     "finetune_weight_decay": "finetune_weight_decay"}
+                     "finetune_weight_decay": "finetune_weight_decay", "finetune_schedule": "finetune_schedule"}
 
 
 def _finetune_flag(param: str) -> str:
@@ -259,7 +259,7 @@ def _finetune_flag(param: str) -> str:
 
 #: ``ssl-rs eval segmentation``: harness parameter -> its option's dest and flag
 _SEGMENTATION_OPTIONS = {"segmentation_epochs": "--epochs", "segmentation_lr": "--lr",
-                         "segmentation_decoder": "--decoder"}
+                         "segmentation_decoder": "--decoder", "segmentation_recipe": "--recipe"}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -271,7 +271,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_eval_options(size=args.size, batch_size=args.batch_size, num_workers=args.workers, **own,
                        names={"size": "--size", "batch_size": "--batch-size", "num_workers": "--workers",
                               "knn_k": "--k", "knn_temperature": "--temperature", "linear_epochs": "--epochs"})
-    default_device(args.device, option="--device")
+    from .evaluation.features import check_precision
+
+    precision = check_precision(args.precision, default_device(args.device, option="--device"), "--precision")
     tuned = {param: getattr(args, dest) for param, dest in _FINETUNE_OPTIONS.items() if hasattr(args, dest)}
     if tuned:
         from .evaluation.finetune import check_finetune_options
@@ -286,6 +288,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_segmentation_options(**{p[len("segmentation_"):]: v for p, v in dense.items()},
                                    names={p[len("segmentation_"):]: _SEGMENTATION_OPTIONS[p] for p in dense})
         own.update(dense)
+    for param in ("knn_votes", "linear_recipe"):  # eval knn --votes, eval linear --recipe (argparse checks them)
+        if hasattr(args, param):
+            own[param] = getattr(args, param)
     if hasattr(args, "finetune_task"):  # ssl-rs eval finetune --task
         own["finetune_task"] = args.finetune_task
     backbone_args = None
@@ -342,6 +347,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         bands=bands,
         eval_split=args.eval_split,
+        precision=precision,
         **own,
     )
     if any(len(metrics) > 6 for metrics in result["metrics"].values()):  # too wide as one row: one per metric
@@ -352,7 +358,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 for name, metrics in result["metrics"].items()]
     columns = ["protocol"] + [c for c in rows[0] if c != "protocol"]
     print(f"{result['backbone']} on {result['data']} (split scheme {result['scheme']}: "
-          f"{result['n_train']} train, {result['n_test']} {result['eval_split']})")
+          f"{result['n_train']} train, {result['n_test']} {result['eval_split']}"
+          + ("" if result.get("precision", "32-true") == "32-true" else f"; precision {result['precision']}") + ")")
     print(markdown_table(rows, columns))
     try:
         _write_json(args.json, result)
@@ -506,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: read in "
                        "the main process)")
         p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+        p.add_argument("--precision", help="32-true (default: float32), bf16-mixed or 16-mixed (CUDA only): the "
+                       "forward passes under torch.autocast, features, losses and metrics in float32; "
+                       "several times faster on a recent GPU")
         p.add_argument("--seed", type=int, default=0, help="seed of a randomly initialised backbone" + (
             ", the head, the shuffling and the augmentation" if protocol == "finetune" else
             ", the decoder and the shuffling" if protocol == "segmentation" else ""))
@@ -514,8 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
         if protocol == "knn":
             p.add_argument("--k", type=int, default=20, help="k-NN neighbours (default 20)")
             p.add_argument("--temperature", type=float, default=0.07, help="k-NN vote temperature (default 0.07)")
+            p.add_argument("--votes", dest="knn_votes", choices=["mean", "sum"], default="mean",
+                           help="multi-label scores: mean (default), each query's weighted votes over its total "
+                           "weight; sum, the raw weighted sums (the GeoRank authors'; changes average precision)")
         if protocol == "linear":
             p.add_argument("--epochs", type=int, default=100, help="linear probe epochs (default 100)")
+            p.add_argument("--recipe", dest="linear_recipe", choices=["ssl-rs", "georank"], default="ssl-rs",
+                           help="ssl-rs (default): standardised features, cosine schedule, batch 1024; georank: "
+                           "the GeoRank authors' probe, raw features, warmup + cosine to lr/10, batch 512")
         if protocol == "finetune":  # GeoRank's recipe, with a slower backbone (ssl_rs/evaluation/finetune.py)
             p.add_argument("--epochs", dest="finetune_epochs", type=int, metavar="N", default=30,
                            help="fine-tuning epochs (default 30, as GeoRank)")
@@ -530,18 +546,28 @@ def build_parser() -> argparse.ArgumentParser:
                                 "each layer learns at this fraction of the one above (default: none)")
             p.add_argument("--weight-decay", dest="finetune_weight_decay", type=float, metavar="WD", default=0.01,
                            help="AdamW weight decay (default 0.01, as GeoRank)")
+            p.add_argument("--schedule", dest="finetune_schedule", choices=["ssl-rs", "georank"], default="ssl-rs",
+                           help="ssl-rs (default): warmup over min(100, a tenth of the steps), cosine to lr/10; "
+                           "georank: the GeoRank authors' scheduler exactly (10000 warmup steps beyond 10000)")
             p.add_argument("--task", dest="finetune_task", choices=["classification", "segmentation"],
                            default="classification", help="classification (default): a linear head on the labels; "
                            "segmentation: the segmentation probe's decoder on the per-pixel masks")
         if protocol == "segmentation":  # ssl_rs/evaluation/segmentation.py
             p.add_argument("--epochs", dest="segmentation_epochs", type=int, metavar="N", default=20,
                            help="decoder training epochs (default 20)")
-            p.add_argument("--lr", dest="segmentation_lr", type=float, metavar="LR", default=1e-3,
-                           help="AdamW learning rate of the decoder, cosine schedule (default 0.001)")
-            p.add_argument("--decoder", dest="segmentation_decoder", choices=["auto", "georank", "multilevel"],
+            p.add_argument("--lr", dest="segmentation_lr", type=float, metavar="LR",
+                           help="learning rate of the decoder (default: the recipe's, 0.001 for ssl-rs, 0.02 for "
+                           "georank)")
+            p.add_argument("--decoder", dest="segmentation_decoder",
+                           choices=["auto", "georank", "multilevel", "upernet"],
                            default="auto", help="georank: GeoRank's transposed convolution + bilinear upsampling on "
-                           "the last feature map (CNNs); multilevel: a few ViT blocks fused; auto (default): "
-                           "multilevel when every feature map has one size, else georank")
+                           "the last feature map (CNNs); multilevel: a few ViT blocks fused; upernet: the GeoRank "
+                           "authors' SSL evaluation decoder, UPerNet + FCN head on the last 4 maps (CNNs); auto "
+                           "(default): multilevel when every feature map has one size, else georank")
+            p.add_argument("--recipe", dest="segmentation_recipe", choices=["ssl-rs", "georank"], default="ssl-rs",
+                           help="the decoder's training: ssl-rs (default), AdamW (weight decay 0.01) with a cosine "
+                           "schedule per step; georank, the GeoRank authors' UPerNet recipe, SGD (momentum 0.9, "
+                           "weight decay 1e-4) at a constant rate in batches of 512")
         p.add_argument("--json", help="also write the result to this JSON file")
         p.set_defaults(func=cmd_eval)
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from .errors import ConfigError
+from .precision import precision_name
 from .text import did_you_mean
 
 
@@ -33,7 +34,9 @@ class DataConfig:
     bands: Optional[List[str]] = None
     batch_size: int = 256
     num_workers: int = 2
-    sampler: Optional[str] = None  # None | "geo_neighbors" (Tile2Vec: neighbours share a batch)
+    # None (every sample once per epoch) | "geo_neighbors" (Tile2Vec: neighbours share a batch) |
+    # "places" (every place once per epoch, as one of its dates drawn at random: the GeoRank authors' SSL4EO-S12)
+    sampler: Optional[str] = None
     neighbor_km: float = 15.0
     temporal_positives: bool = False  # second view from another date of the same place
     neighbor_pairs: bool = False  # pair each sample with an overlapping/touching one (NeighborMAE)
@@ -107,13 +110,18 @@ class TrainerConfig:
     knn_every_n_epochs: int = 1  # online k-NN monitoring on the val split; 0 disables
     deterministic: bool = False
     progress_bar: bool = True
-    limit_train_batches: Optional[float] = None
+    # Lightning's rule: an integer is a number of batches per epoch, a float in (0, 1] a fraction of
+    # them; typed Any so that OmegaConf keeps the written type (as a float, 1 would mean all batches)
+    limit_train_batches: Any = None
 
 
 @dataclass
 class EvalConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
+    knn_votes: str = "mean"  # multi-label k-NN scores: mean, or sum (the GeoRank authors' raw vote sums)
+    linear_recipe: str = "ssl-rs"  # the linear probe's recipe: ssl-rs, or georank (the GeoRank authors')
+    linear_epochs: int = 100  # the linear probe's epochs (eval.protocols=[linear] or eval.linear)
     schemes: Optional[List[str]] = None  # final k-NN on these split schemes; default: the training one
     linear: bool = False  # add the linear probe to the default protocols (eval.protocols unset)
     # the final evaluation's protocols (knn, linear, geo, finetune, segmentation; docs/evaluation.md);
@@ -126,7 +134,13 @@ class EvalConfig:
     finetune_backbone_lr_scale: float = 0.1  # the backbone learns at finetune_lr times this (GeoRank: 1)
     finetune_layer_decay: Optional[float] = None  # layer-wise lr decay in (0, 1] for timm backbones (ViTs)
     finetune_weight_decay: float = 0.01
+    finetune_schedule: str = "ssl-rs"  # ssl-rs (warmup + cosine) or georank (the authors' scheduler exactly)
     segmentation_epochs: int = 20  # decoder epochs of the segmentation probe (eval.protocols=[segmentation])
+    segmentation_decoder: str = "auto"  # auto, georank, multilevel or upernet (docs/evaluation.md)
+    segmentation_recipe: str = "ssl-rs"  # the decoder's training: ssl-rs, or georank (the authors' SGD recipe)
+    # the evaluation's forward passes: 32-true (null: the default, whatever trainer.precision is), bf16-mixed,
+    # 16-mixed (CUDA only); features, losses and metrics stay float32 (ssl_rs/evaluation/features.py)
+    precision: Optional[str] = None
 
 
 @dataclass
@@ -332,6 +346,15 @@ def check_args(kind: str, name: str, factory, args: Dict[str, Any], reserved: Se
             raise ConfigError(f"{kind}.args: {name!r} has no argument {key!r}{did_you_mean(key, accepted, cutoff=0.5)}")
 
 
+def _is_batch_limit(value: Any) -> bool:
+    """An integer >= 1 (batches), a whole float > 1 (batches, as Lightning reads it) or a fraction in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return value >= 1
+    return 0 < value <= 1 or (value > 1 and value.is_integer())
+
+
 def validate(cfg: DictConfig) -> None:
     """What a pretraining config can get wrong beyond its types, checked before anything is built
     or written: a one-line ConfigError naming the key. ``pretrain`` runs it first, and the bench
@@ -357,13 +380,13 @@ def validate(cfg: DictConfig) -> None:
         ("trainer.num_nodes", positive, "a positive integer"),
         ("trainer.log_every_n_steps", positive, "a positive integer"),
         ("trainer.knn_every_n_epochs", non_negative, "an integer >= 0 (0 disables the online k-NN)"),
-        ("trainer.limit_train_batches", positive, "> 0 (or null for all batches)"),
         ("optimizer.lr", positive, "positive (or null for the method's recipe)"),
         ("optimizer.warmup_epochs", non_negative, ">= 0"),
         ("optimizer.min_lr", non_negative, ">= 0"),
         ("optimizer.weight_decay", non_negative, ">= 0"),
         ("eval.knn_k", positive, "a positive integer"),
         ("eval.knn_temperature", positive, "> 0"),
+        ("eval.linear_epochs", positive, "a positive integer"),
         ("eval.finetune_epochs", positive, "a positive integer"),
         ("eval.finetune_lr", lambda x: 0 < x < float("inf"), "a learning rate > 0"),
         ("eval.finetune_backbone_lr_scale", lambda x: 0 < x < float("inf"), "> 0"),
@@ -371,6 +394,11 @@ def validate(cfg: DictConfig) -> None:
         ("eval.finetune_weight_decay", lambda x: 0 <= x < float("inf"), ">= 0"),
         ("eval.segmentation_epochs", positive, "a positive integer"),
     )
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
+    if limit is not None and not _is_batch_limit(limit):
+        raise ConfigError("trainer.limit_train_batches: must be a number of batches (an integer >= 1) or a fraction "
+                          f"of the epoch in (0, 1] (or null for all batches), got {limit!r}")
+    precision_name(OmegaConf.select(cfg, "eval.precision"), option="eval.precision")  # its device: check_evaluation
     views = OmegaConf.select(cfg, "augmentation.temporal_views")
     if views is not None and views not in TEMPORAL_VIEWS:
         raise ConfigError(f"augmentation.temporal_views: must be one of {', '.join(TEMPORAL_VIEWS)}, got {views!r}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import RunMetadata, check_resume_checkpoint, check_resume_shapes
 from .config import to_dict, validate
 from .data.loader import make_loader
-from .data.samplers import GeoNeighborBatchSampler, RankShardSampler, SeededRandomSampler
+from .data.samplers import GeoNeighborBatchSampler, PlaceSampler, RankShardSampler, SeededRandomSampler
 from .errors import ConfigError, DataError, Interrupted
 from .evaluation.plan import check_evaluation, evaluate_method
 from .files import write_text
@@ -130,12 +131,17 @@ def build(cfg: DictConfig) -> BuiltRun:
     if d.sampler == "geo_neighbors":
         batch_sampler = GeoNeighborBatchSampler(train_ds.lat, train_ds.lon, d.batch_size,
                                                 neighbor_km=d.neighbor_km, seed=cfg.trainer.seed)
-        train_loader = make_loader(train_source, batch_sampler=batch_sampler, **common)
+        train_loader = make_loader(train_source, batch_sampler=batch_sampler, resumable=True, **common)
+    elif d.sampler == "places":  # the GeoRank authors' SSL4EO-S12 epochs: one random date per place
+        groups = None if train_ds.group_all is None else np.asarray(train_ds.group_all)[train_ds.indices]
+        train_loader = make_loader(train_source, batch_size=d.batch_size, drop_last=True, resumable=True,
+                                   sampler=PlaceSampler(groups, len(train_ds), cfg.trainer.seed), **common)
     elif d.sampler is None:
-        train_loader = make_loader(train_source, batch_size=d.batch_size, drop_last=True,
+        train_loader = make_loader(train_source, batch_size=d.batch_size, drop_last=True, resumable=True,
                                    sampler=SeededRandomSampler(len(train_source), cfg.trainer.seed), **common)
     else:
-        raise ConfigError(f"data.sampler: unknown sampler {d.sampler!r} (use geo_neighbors or leave it empty)")
+        raise ConfigError(f"data.sampler: unknown sampler {d.sampler!r} (use geo_neighbors, places or leave it "
+                          "empty)")
 
     val_loaders: List[DataLoader] = []
     if cfg.trainer.knn_every_n_epochs > 0 and train_ds.target_key is not None:

@@ -12,13 +12,15 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, List, Optional, Tuple, Union
 
 from omegaconf import DictConfig
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import Callback
+
+log = logging.getLogger(__name__)
 
 
 class _DropAdverts(logging.Filter):
@@ -147,6 +149,62 @@ def session_start() -> "Callback":
     return SessionStart()
 
 
+def train_batch_limit(t: DictConfig) -> Union[int, float]:
+    """``trainer.limit_train_batches`` as Lightning reads it: an int counts batches, a float in
+    (0, 1] is a fraction of the epoch; a whole float above 1 (a config saved before the type was
+    kept) counts batches."""
+    limit = t.limit_train_batches
+    return int(limit) if isinstance(limit, float) and limit > 1 else limit
+
+
+def training_data_position() -> "Callback":
+    """Puts a run resumed mid-epoch back at its place in the training data, so that the epoch goes
+    on with the batches the uninterrupted run would have trained next.
+
+    Lightning keeps the place of a stateful loader (:class:`ssl_rs.data.loader.ResumableLoader`)
+    in every checkpoint, but restores it only if it sets the loader up after loading the
+    checkpoint; a method that reads ``trainer.estimated_stepping_batches`` (every schedule of
+    ours) has it set the loader up before (Lightning issue #20550). This callback reads the place
+    from the checkpoint and gives it to the loaders when training starts, before the first batch.
+    A checkpoint saved mid-epoch without the place (by an ssl-rs from before it was kept) resumes
+    with one warning: that epoch restarts its data order."""
+    from lightning.pytorch.callbacks import Callback
+
+    from .data.loader import ResumableLoader
+
+    class TrainingDataPosition(Callback):
+        def __init__(self) -> None:
+            self.saved: Optional[List[Dict[str, Any]]] = None
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint: Dict[str, Any]) -> None:
+            fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+            self.saved = (fit_loop.get("state_dict") or {}).get("combined_loader")
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            saved, self.saved = self.saved, None
+            loop = trainer.fit_loop
+            done, per_epoch = loop.epoch_loop.batch_progress.current.completed, trainer.num_training_batches
+            if not (getattr(loop, "restarted_mid_epoch", loop.restarting) and 0 < done < per_epoch):
+                return
+            given = trainer.train_dataloader
+            given = list(given.values()) if isinstance(given, dict) else list(given) if isinstance(
+                given, (list, tuple)) else [given]
+            loaders = [loader for loader in given if isinstance(loader, ResumableLoader)]
+            if not loaders or any(loader.restored for loader in loaders):
+                return  # not ours, or Lightning restored them itself
+            if saved and len(saved) == len(loaders):
+                for loader, state in zip(loaders, saved):
+                    loader.load_state_dict(state)
+                return
+            if trainer.is_global_zero:
+                log.warning("--resume: %s was saved after %d of the %d batches of epoch %d, without the training "
+                            "data's position (an older ssl-rs): the epoch's other %d batches restart its data order, "
+                            "so some of its samples are trained twice and others not at all", trainer.ckpt_path,
+                            done, per_epoch, trainer.current_epoch + 1, per_epoch - done)
+
+    return TrainingDataPosition()
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_per_epoch: Optional[int] = None,
                  extra_callbacks: Tuple["Callback", ...] = ()) -> "Trainer":
     """The trainer of ``cfg.trainer``, logging to ``run_dir/tb`` and checkpointing to
@@ -174,6 +232,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_p
     callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.progress_bar:
         callbacks.append(training_progress())
+    callbacks.append(training_data_position())
     callbacks += list(extra_callbacks)
     kwargs: Dict[str, Any] = dict(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
@@ -190,5 +249,5 @@ def make_trainer(cfg: DictConfig, run_dir: Path, monitor: Optional[str], steps_p
         use_distributed_sampler=cfg.data.sampler != "geo_neighbors",
     )
     if t.limit_train_batches is not None:
-        kwargs["limit_train_batches"] = t.limit_train_batches
+        kwargs["limit_train_batches"] = train_batch_limit(t)
     return L.Trainer(**kwargs)

@@ -9,6 +9,57 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+#: ``cpu``: the ``cuda``-marked tests that take the ``device_under_test`` fixture run on the CPU
+#: instead of being skipped, so that their logic can be checked on a machine without a GPU
+TEST_DEVICE_VARIABLE = "SSL_RS_TEST_DEVICE"
+#: the skip reason of a ``cuda`` test that cannot run here (benchmarks/gpu_check.py counts such a
+#: skip on a CUDA machine as a failure)
+NEEDS_CUDA = "needs CUDA"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", f"cuda: runs on a CUDA GPU, skipped ({NEEDS_CUDA!r}) without one; with {TEST_DEVICE_VARIABLE}=cpu "
+        "those taking the device_under_test fixture run on the CPU (benchmarks/gpu_check.py runs them: -m cuda)")
+
+
+def chosen_test_device() -> str:
+    """``cuda`` unless :data:`TEST_DEVICE_VARIABLE` says ``cpu``; another value is a usage error."""
+    import os
+
+    wanted = os.environ.get(TEST_DEVICE_VARIABLE, "").strip().lower() or "cuda"
+    if wanted not in ("cuda", "cpu"):
+        raise pytest.UsageError(f"{TEST_DEVICE_VARIABLE}: must be cpu or cuda, "
+                                f"got {os.environ[TEST_DEVICE_VARIABLE]!r}")
+    return wanted
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip the ``cuda``-marked tests that cannot run here: without CUDA all of them, except, with
+    ``SSL_RS_TEST_DEVICE=cpu``, those that take ``device_under_test`` (the others call ``.cuda()``)."""
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not marked:
+        return
+    on_cpu = chosen_test_device() == "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    reason = NEEDS_CUDA
+    if on_cpu:
+        reason += f" (it does not take device_under_test, which {TEST_DEVICE_VARIABLE}=cpu sets to the CPU)"
+    for item in marked:
+        if not (on_cpu and "device_under_test" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def device_under_test():
+    """The device of the ``cuda``-marked tests: ``cuda``, or ``cpu`` with ``SSL_RS_TEST_DEVICE=cpu``."""
+    import torch
+
+    return torch.device(chosen_test_device())
+
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:

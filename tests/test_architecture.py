@@ -20,7 +20,7 @@ PACKAGE = REPO / "ssl_rs"
 # (module prefix, layer); the longest matching prefix wins. The same table as the docs' "Layers".
 LAYERS = [
     ("ssl_rs.errors", 0), ("ssl_rs.text", 0), ("ssl_rs.files", 0), ("ssl_rs.geodesy", 0), ("ssl_rs.registry", 0),
-    ("ssl_rs.progress", 0),
+    ("ssl_rs.progress", 0), ("ssl_rs.precision", 0),
     ("ssl_rs", 0),  # the package's own __init__ (version only)
     ("ssl_rs.geo", 1), ("ssl_rs.augmentations", 1), ("ssl_rs.backbones", 1), ("ssl_rs.data", 1),
     ("ssl_rs.config", 1), ("ssl_rs.checkpoint", 1),

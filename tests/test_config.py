@@ -145,3 +145,25 @@ def test_ema_arguments_only_for_momentum_methods():
     check_args("method", "byol", BYOL, {"base_tau": 0.99, "final_tau": 1.0})
     with pytest.raises(ConfigError, match="'simclr' has no argument 'base_tau'"):
         check_args("method", "simclr", SimCLR, {"base_tau": 0.99})
+
+
+@pytest.mark.parametrize("written, batches", [("1", 1), ("2", 2), ("1.0", 1.0), ("0.25", 0.25), ("3.0", 3)])
+def test_limit_train_batches_counts_an_integer_and_takes_a_float_as_a_fraction(written, batches, tmp_path):
+    """Lightning's rule: an int is a number of batches, a float in (0, 1] a fraction of the epoch;
+    ``trainer.limit_train_batches=1`` must mean one batch, not (as a float) the whole epoch."""
+    from ssl_rs.config import validate
+    from ssl_rs.trainer import make_trainer
+
+    cfg = load_config(CONFIGS / "synthetic" / "mocov2.yaml", [f"trainer.limit_train_batches={written}",
+                                                             "trainer.accelerator=cpu", "trainer.progress_bar=false"])
+    validate(cfg)
+    limit = make_trainer(cfg, tmp_path, monitor=None).limit_train_batches
+    assert limit == batches and type(limit) is type(batches)
+
+
+@pytest.mark.parametrize("written", ["0", "-1", "1.5", "0.0", "true", "all"])
+def test_limit_train_batches_refuses_what_is_neither_a_count_nor_a_fraction(written):
+    from ssl_rs.config import validate
+
+    with pytest.raises(ConfigError, match=r"^trainer.limit_train_batches: must be a number of batches \(an integer"):
+        validate(load_config(CONFIGS / "synthetic" / "mocov2.yaml", [f"trainer.limit_train_batches={written}"]))

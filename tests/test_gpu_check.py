@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -39,10 +39,12 @@ def test_dry_run_plans_every_step_within_8_minutes_and_writes_nothing(tmp_path):
     assert "PROBLEM" not in text
     total = int(text.split("total budget ")[1].split(" s")[0])
     assert 0 < total <= 8 * 60
-    # the plugin found the CUDA tests, and only those
+    # -m cuda found the CUDA tests, and only those
     tests = text.split("CUDA tests: ")[1].splitlines()[0].split()
     assert "tests/geo/test_georank.py::test_cuda_matches_cpu_without_host_sync" in tests
+    assert "tests/test_cuda_paths.py::test_harness_on_the_device_matches_the_cpu" in tests
     assert all("cuda" in t for t in tests)
+    assert not any(t.startswith("tests/geo/test_georank.py::") and "cuda" not in t.split("::")[1] for t in tests)
     assert not out.exists()
 
 
@@ -84,16 +86,80 @@ def test_plan_reports_a_flag_the_script_does_not_take_and_a_missing_script(tmp_p
     assert gpu_check.plan(needed, False, 1.0, tmp_path, True).problem.endswith("not found")
 
 
-def test_cuda_tests_are_those_that_skip_without_cuda():
-    def item(*reasons):
-        marks = [SimpleNamespace(kwargs={"reason": r}) for r in reasons]
-        return SimpleNamespace(iter_markers=lambda name: marks if name == "skipif" else [])
+def test_cuda_tests_are_the_files_marking_tests_cuda_run_with_m_cuda(tmp_path, monkeypatch):
+    files = gpu_check.cuda_test_files()
+    for path in ("tests/test_cuda_paths.py", "tests/geo/test_georank.py", "tests/augmentations/test_augmentations.py"):
+        assert path in files
+    assert "tests/evaluation/test_knn.py" not in files  # no cuda mark
+    # the mark, not a mention of CUDA, selects a file
+    (tmp_path / "tests" / "sub").mkdir(parents=True)
+    (tmp_path / "tests" / "test_a.py").write_text("import pytest\n\n@pytest.mark.cuda\ndef test_x():\n    pass\n")
+    (tmp_path / "tests" / "sub" / "test_b.py").write_text("import pytest\n\npytestmark = pytest.mark.cuda\n")
+    (tmp_path / "tests" / "test_c.py").write_text(
+        "import pytest, torch\n\n@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')\n"
+        "def test_x():\n    pass\n\n@pytest.mark.cudagraphs\ndef test_y():\n    pass\n")
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
+    assert gpu_check.cuda_test_files() == ["tests/sub/test_b.py", "tests/test_a.py"]
 
-    assert gpu_check.needs_cuda(item("needs CUDA"))
-    assert gpu_check.needs_cuda(item("slow", "no GPU here"))
-    assert not gpu_check.needs_cuda(item("needs torchsort"))
-    assert not gpu_check.needs_cuda(item())
-    assert "tests/geo/test_georank.py" in gpu_check.cuda_test_files()
+    step = next(s for s in gpu_check.STEPS if s.name == "cuda-tests")
+    monkeypatch.setenv("SSL_RS_TEST_DEVICE", "cpu")  # a developer's shell: not for the real run
+    planned = gpu_check.plan(step, smoke=False, budget_scale=1.0, out=tmp_path, probe_help=False)
+    assert planned.problem is None
+    assert planned.command[1:3] == ["-m", "pytest"]
+    assert planned.command[-2:] == ["tests/sub/test_b.py", "tests/test_a.py"]
+    assert "-m" in planned.command[3:] and planned.command[planned.command.index("-m", 3) + 1] == "cuda"
+    assert "SSL_RS_TEST_DEVICE" not in planned.env
+    smoke = gpu_check.plan(step, smoke=True, budget_scale=1.0, out=tmp_path, probe_help=False)
+    assert smoke.env["SSL_RS_TEST_DEVICE"] == "cpu"  # the smoke run checks the cheap ones on the CPU
+    assert smoke.command[smoke.command.index("-k") + 1] == "knn or loader"
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path / "empty")
+    (tmp_path / "empty" / "tests").mkdir(parents=True)
+    assert "no test file marks a test cuda" in gpu_check.plan(step, False, 1.0, tmp_path, False).problem
+
+
+def _pytest(args, env_device=None, cwd=REPO) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SSL_RS_TEST_DEVICE"}
+    if env_device is not None:
+        env["SSL_RS_TEST_DEVICE"] = env_device
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", *args], cwd=cwd,
+                          env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+
+
+def test_cuda_marker_skips_without_cuda_unless_the_cpu_is_asked_for(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the cuda tests")
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tmp_path / "setup.cfg").write_text("[tool:pytest]\naddopts = --strict-markers\n")
+    (tests / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    mark = "@pytest.mark." + "cuda"  # in two parts: this file is no CUDA test file for cuda_test_files
+    (tests / "test_m.py").write_text(textwrap.dedent(f"""
+        import pytest
+
+        {mark}
+        def test_follows_the_variable(device_under_test):
+            assert device_under_test.type == "cpu"
+
+        {mark}
+        def test_calls_cuda_itself():
+            raise AssertionError("ran without CUDA")
+
+        def test_plain():
+            pass
+    """))
+    proc = _pytest(["-m", "cuda", "tests"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 skipped, 1 deselected" in proc.stdout
+    assert proc.stdout.count(": needs CUDA\n") == 2  # the reason gpu_check counts as a failure on a GPU
+    proc = _pytest(["-m", "cuda", "tests"], env_device="cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed, 1 skipped, 1 deselected" in proc.stdout
+    assert "needs CUDA (it does not take device_under_test" in proc.stdout
+    proc = _pytest(["-m", "cuda", "tests"], env_device="tpu", cwd=tmp_path)
+    assert proc.returncode != 0 and "SSL_RS_TEST_DEVICE: must be cpu or cuda, got 'tpu'" in proc.stdout + proc.stderr
 
 
 def test_cuda_test_summary_fails_when_they_skip_on_a_gpu_machine():
@@ -107,6 +173,10 @@ def test_cuda_test_summary_fails_when_they_skip_on_a_gpu_machine():
     assert gpu_check._summary_cuda_tests(out, None, cuda=True) == (None, "4 passed, 1 skipped", "")
     assert gpu_check._summary_cuda_tests("5 passed, 31 deselected in 3.1s", None, cuda=True) == (None, "5 passed", "")
     assert gpu_check._summary_cuda_tests("no tests ran in 0.1s", None, cuda=True)[0] == "failed"
+    # stopped by its budget before pytest's last line: the verbose lines say how far it got
+    out = ("tests/test_cuda_paths.py::test_a PASSED  [ 10%]\ntests/test_cuda_paths.py::test_b[x] FAILED  [ 20%]\n"
+           "tests/test_cuda_paths.py::test_b[y] PASSED  [ 30%]\n")
+    assert gpu_check._summary_cuda_tests(out, None, cuda=True) == (None, "2 passed, 1 failed", "")
 
 
 def test_markdown_tables_are_read_back():
@@ -179,3 +249,15 @@ def test_throughput_benchmark_runs_at_toy_size_through_the_driver(tmp_path):
     assert "| bare training step, 4 pre-loaded batches |" in log
     assert "pretrain / bare step: " in log
     assert row["target"] in (">= 90%: met", ">= 90%: missed")
+
+
+@pytest.mark.slow
+def test_the_cuda_tests_step_runs_its_cheap_tests_on_the_cpu_in_a_smoke_run(tmp_path):
+    """``--smoke --only cuda-tests``: the driver's pytest run of ``-m cuda`` with
+    SSL_RS_TEST_DEVICE=cpu, so the CUDA tests' logic and the step's summary are exercised in CI."""
+    out = tmp_path / "results"
+    proc = run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--only", "cuda-tests", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads((out / "results.json").read_text())["steps"]
+    assert row["status"] == "ok", row
+    assert re.search(r"\b[1-9]\d* passed", (out / "cuda-tests.log").read_text())

@@ -23,6 +23,8 @@ NOT_RUN = {
     "make demo": "the full-size demo; tests/test_demo.py runs it at toy size",
     "make test": "the whole suite, this test included",
     "make test-fast": "the suite without slow tests, this test included",
+    "SSL_RS_TEST_DEVICE=cpu .venv/bin/pytest -m cuda tests/test_cuda_paths.py": "pytest inside pytest; "
+    "tests/test_gpu_check.py runs the cuda tests' cheap set through gpu_check --smoke (SSL_RS_TEST_DEVICE=cpu)",
     # converters of distributions without a real sample in ../shared/data: their tests convert
     # fabricated files of the published layout through the same command
     "ssl-rs data convert bigearthnet-v2 PATH -o reben.h5": "tests/data/test_converter_bigearthnet_v2.py",

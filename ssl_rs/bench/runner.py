@@ -30,8 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 import numpy as np
 
-from ..data.shards import INDEX_NAME
-from ..errors import ConfigError, SslRsError
+from ..data.shards import INDEX_NAME, read_index
+from ..errors import ConfigError, DataError, SslRsError
 from ..files import copy_file, write_text
 from ..progress import format_duration
 from ..run_directory import run_dir_of
@@ -125,6 +125,11 @@ def prepare_dataset(spec: DataSpec, out: Path, label: str, progress: bool = Fals
     return path
 
 
+#: eval.* config keys added after cell ids were first written, with the default that leaves them out of an id
+EVAL_KEYS_ADDED_LATER = {"precision": None, "knn_votes": "mean", "linear_recipe": "ssl-rs", "finetune_schedule": "ssl-rs",
+                         "segmentation_decoder": "auto", "segmentation_recipe": "ssl-rs", "linear_epochs": 100}
+
+
 def check_data_sources(suite: Suite) -> None:
     """The datasets a suite reads (``path``, ``convert.src``) exist: checked before anything is
     written, so a typo leaves no half-made output directory behind."""
@@ -137,6 +142,11 @@ def check_data_sources(suite: Suite) -> None:
             if path.is_dir() and not (path / INDEX_NAME).is_file():
                 raise ConfigError(f"{suite.path}: {where}.path: {path} is a folder without {INDEX_NAME} "
                                   "(expected an HDF5 file or a sharded dataset)")
+            if path.is_dir():  # the index is small: a corrupt one fails the dry run, not the first cell
+                try:
+                    read_index(path)
+                except DataError as e:
+                    raise ConfigError(f"{suite.path}: {where}.path: {e}") from None
             if not path.is_file() and not path.is_dir():
                 raise ConfigError(f"{suite.path}: {where}.path: {params['path']} not found")
         if spec.kind == "convert" and not Path(params["src"]).exists():
@@ -225,6 +235,9 @@ def resolve_cell(suite: Suite, cell: Cell, out: Path, data_path: Path) -> Any:
     identity.pop("output")
     identity["data"]["path"] = suite.data.key  # the data's recipe, not this machine's path
     identity["trainer"].pop("progress_bar")
+    for key, default in EVAL_KEYS_ADDED_LATER.items():  # at their defaults: the ids of older suites' cells stay
+        if identity["eval"].get(key, default) == default:
+            identity["eval"].pop(key, None)
     evaluation = {
         # a dataset's own protocols join its entry only when given, so the ids of suites without them stay
         "datasets": [{"name": d.name, "data": d.data.key if d.data else "pretrain", "schemes": d.schemes,
@@ -274,10 +287,13 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
     from ..train import log_final_metrics, pretrain
 
     run_dir = run_dir_of(cfg)
+    options = {"precision": cfg.eval.precision, **suite.eval_options}  # the suite's eval.precision, else the cell's
     if run_dir.exists():  # a killed cell's partial run: start it again cleanly
         shutil.rmtree(run_dir)
     train_ds = GeoDataset(cfg.data.path, split="train", scheme=cfg.data.scheme)
     image_size = int(cfg.augmentation.size or train_ds.size[0])
+    # eval.size: data evaluates each dataset at its own size (the GeoRank authors'), else at the pretraining's
+    eval_size = None if options.pop("size", "pretraining") == "data" else image_size
     with quiet_lightning():  # the runner prints one line per cell; the chatter would bury it
         result = pretrain(cfg, evaluate_after=False)  # the cell's training progress: on stderr (run_suite)
     backbone, ckpt_cfg = load_encoder(run_dir / "checkpoints" / "last.ckpt")
@@ -287,10 +303,10 @@ def run_cell(suite: Suite, cell: Cell, cfg: Any, out: Path, eval_paths: Dict[str
     for ds in suite.eval_datasets:
         for scheme in ds.schemes:
             res = evaluate(backbone, eval_paths[ds.name], scheme=scheme, protocols=ds.protocols,
-                           size=image_size, bands=ckpt_cfg["data_bands"], linear_epochs=suite.linear_epochs,
+                           size=eval_size, bands=ckpt_cfg["data_bands"], linear_epochs=suite.linear_epochs,
                            knn_k=suite.knn_k or cfg.eval.knn_k,
                            knn_temperature=suite.knn_temperature or cfg.eval.knn_temperature,
-                           seed=cfg.trainer.seed, progress=cfg.trainer.progress_bar, **suite.eval_options)
+                           seed=cfg.trainer.seed, progress=cfg.trainer.progress_bar, **options)
             evaluations[f"{ds.name}/{res['scheme'] or 'default'}"] = res
             for protocol, metrics in res["metrics"].items():
                 rows.append({**base, "eval_data": ds.name, "scheme": res["scheme"] or "default",
@@ -347,6 +363,21 @@ def _save_traceback(cfg: Any, error: BaseException) -> Optional[Path]:
     return path
 
 
+def _check_precisions(suite: Suite, cells: List[Cell], configs: Dict[int, Any]) -> None:
+    """Each cell's evaluation precision against the device it will run on (``16-mixed`` needs
+    CUDA), before the first cell trains; a dry run plans a GPU suite on any machine."""
+    from ..evaluation.features import check_precision
+    from ..evaluation.harness import default_device
+
+    device = default_device()
+    for c in cells:
+        precision = suite.eval_options.get("precision", configs[c.index].eval.precision)
+        try:
+            check_precision(precision, device, "eval.precision")
+        except ConfigError as e:
+            raise ConfigError(f"{suite.path}: cell {c.index} ({c.label}): {e}") from None
+
+
 def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_run: bool = False,
               max_cells: Optional[int] = None, stream: Optional[TextIO] = None, progress: bool = False) -> Dict[str, Any]:
     """Run every unfinished cell of a suite (cells that failed before are retried).
@@ -383,6 +414,7 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
         return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": 0, "failed": 0, "failures": [],
                 "left": len(todo), "out": str(out)}
 
+    _check_precisions(suite, cells, configs)
     out.mkdir(parents=True, exist_ok=True)
     copy_file(suite.path, out / "suite.yaml", announce=False)  # rewritten on every resume: not announced
     write_text(out / "cells.json", json.dumps([

@@ -31,9 +31,16 @@ SYNTH_KEYS = ("n", "size", "seed", "dates", "classes", "tiles", "masks")
 SPLIT_KEYS = ("scheme", "name", "block_km", "seed", "fractions")
 # eval keys passed to the harness as they are, only when given (so suites without them keep their cell ids)
 FINETUNE_OPTIONS = ("finetune_epochs", "finetune_lr", "finetune_backbone_lr_scale", "finetune_layer_decay",
-                    "finetune_weight_decay")
-SEGMENTATION_OPTIONS = ("segmentation_epochs", "segmentation_lr")
-EVAL_OPTIONS = FINETUNE_OPTIONS + SEGMENTATION_OPTIONS
+                    "finetune_weight_decay", "finetune_schedule")
+SEGMENTATION_OPTIONS = ("segmentation_epochs", "segmentation_lr", "segmentation_decoder", "segmentation_recipe")
+# every protocol's forward passes (ssl_rs/evaluation/features.py); left out: the cell config's eval.precision
+PRECISION_OPTIONS = ("precision",)
+# the k-NN's votes and the linear probe's recipe (the GeoRank authors': knn_votes sum, linear_recipe georank),
+# the evaluation's image size: the pretraining's (default) or each dataset's own (``data``, as the authors),
+# and the batch size of feature extraction, fine-tuning and the segmentation probe (the harness's 256)
+PROBE_OPTIONS = ("knn_votes", "linear_recipe", "size", "batch_size")
+EVAL_SIZES = ("pretraining", "data")
+EVAL_OPTIONS = FINETUNE_OPTIONS + SEGMENTATION_OPTIONS + PRECISION_OPTIONS + PROBE_OPTIONS
 EVAL_KEYS = ("datasets", "protocols", "linear_epochs", "knn_k", "knn_temperature") + EVAL_OPTIONS
 EVAL_DATASET_KEYS = ("name", "data", "splits", "schemes", "protocols")
 STUDY_KEYS = ("name", "title", "compare", "metric")
@@ -312,7 +319,10 @@ def _method_values(where: str, raw: Any, zoo_dir: Path) -> List[AxisValue]:
 
 def _check_eval_options(where: str, options: Dict[str, Any]) -> None:
     """The protocols' own checks, each error naming the suite's key (``eval.finetune_lr``)."""
+    from ..evaluation.features import check_precision
     from ..evaluation.finetune import check_finetune_options
+    from ..evaluation.knn import VOTES
+    from ..evaluation.linear import RECIPES as LINEAR_RECIPES
     from ..evaluation.segmentation import check_segmentation_options
 
     def given(keys, prefix):
@@ -323,6 +333,14 @@ def _check_eval_options(where: str, options: Dict[str, Any]) -> None:
                                names={k[len("finetune_"):]: f"eval.{k}" for k in FINETUNE_OPTIONS})
         check_segmentation_options(**given(SEGMENTATION_OPTIONS, "segmentation_"),
                                    names={k[len("segmentation_"):]: f"eval.{k}" for k in SEGMENTATION_OPTIONS})
+        for key, allowed in (("knn_votes", VOTES), ("linear_recipe", tuple(LINEAR_RECIPES)), ("size", EVAL_SIZES)):
+            if key in options and options[key] not in allowed:
+                raise ConfigError(f"eval.{key}: unknown {options[key]!r} (use {', '.join(allowed)})")
+        batch = options.get("batch_size", 1)
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"eval.batch_size: must be an integer >= 1, got {batch!r}")
+        if "precision" in options:  # its device is checked when the suite runs (a dry run plans it anywhere)
+            options["precision"] = check_precision(options["precision"], option="eval.precision")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

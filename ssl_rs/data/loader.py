@@ -37,10 +37,15 @@ and band subsets use the ring like single files.
 
 The ring holds ``num_workers * prefetch_factor + HELD_BATCHES`` batches of shared memory,
 committed when the loader is made (torch's shared memory is allocated up front).
+
+``make_loader(..., resumable=True)`` (pretraining's training loader) gives a
+:class:`ResumableLoader`, whose place in its epoch is kept in checkpoints, so that a run resumed
+mid-epoch trains the batches the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import uuid
@@ -55,6 +60,7 @@ from torch.utils.data import DataLoader, default_collate, get_worker_info
 from ..errors import ConfigError
 from .columns import IMAGES
 from .dataset import GeoDataset, batch_rows
+from .samplers import process_shard
 
 log = logging.getLogger(__name__)
 
@@ -275,10 +281,11 @@ def _batch_size(loader_kwargs: Mapping[str, Any]) -> Optional[int]:
     return int(size) if size else None
 
 
-def make_loader(dataset: Any, *, ring: bool = True, **loader_kwargs: Any) -> DataLoader:
+def make_loader(dataset: Any, *, ring: bool = True, resumable: bool = False, **loader_kwargs: Any) -> DataLoader:
     """A standard ``torch.utils.data.DataLoader(dataset, **loader_kwargs)``; with worker processes
     and a plain :class:`GeoDataset` (see :func:`ring_refusal`), over a :class:`RingGeoDataset` copy
-    of it whose batches travel through a :class:`BatchRing` (``ring=False``: never)."""
+    of it whose batches travel through a :class:`BatchRing` (``ring=False``: never). ``resumable``:
+    a :class:`ResumableLoader` (a training loader whose position a checkpoint keeps)."""
     reason = "ring=False" if not ring else ring_refusal(dataset, loader_kwargs)
     if reason is None:
         prefetch = loader_kwargs.get("prefetch_factor") or 2
@@ -290,4 +297,180 @@ def make_loader(dataset: Any, *, ring: bool = True, **loader_kwargs: Any) -> Dat
                  batch_ring.slots, 2 * batch_ring.capacity / 1e6)
     elif loader_kwargs.get("num_workers"):
         log.info("DataLoader of %s: torch's standard hand-over (%s)", getattr(dataset, "path", dataset), reason)
-    return DataLoader(dataset, **loader_kwargs)
+    return (ResumableLoader if resumable else DataLoader)(dataset, **loader_kwargs)
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader whose place in its epoch is part of a Lightning checkpoint (the
+    ``state_dict`` / ``load_state_dict`` that Lightning saves and restores for a stateful loader),
+    so that a run interrupted mid-epoch and resumed goes on with exactly the batches the
+    uninterrupted run would have trained next.
+
+    The place is counted where a batch leaves the loader for the training loop (the main
+    process's ``next``), not where workers read: the batches workers had prefetched into their
+    queues or the shared-memory ring when the run stopped were never trained, and are drawn again.
+    (Lightning's fetcher takes no batch ahead of the step from a loader with a length.)
+
+    A restored place is applied when the next iteration starts, if that iteration is of the same
+    epoch and the loader has the same shape (batches per epoch, batch size, samples, processes);
+    otherwise one warning says that the epoch restarts its data order. The batches already trained
+    are skipped where indices are drawn: their indices are drawn and dropped (every sampler's
+    random stream then stands where the uninterrupted run had it) and none of their samples is read.
+
+    An iteration starts at the first ``next``, not at ``iter``: on a resume Lightning calls
+    ``iter`` before it sets the samplers' epoch, and with workers torch draws the first indices
+    at ``iter`` (they came from the sampler's previous epoch).
+
+    Under DDP every process trains the same number of batches, so the place the checkpoint keeps
+    (global rank 0's) holds for every process: each skips that many batches of its own shard. When
+    Lightning rebuilds the loader to inject its ``DistributedSampler`` (from its public attributes,
+    before any state is loaded), it builds this class again.
+
+    Lightning saves :meth:`state_dict` in every checkpoint; :func:`ssl_rs.trainer.training_data_position`
+    makes sure the place is given back on a resume (Lightning itself may not).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._restored: Optional[Dict[str, Any]] = None  # a checkpoint's place, for the next iteration
+        self._place: Optional[Dict[str, Any]] = None  # {"epoch", "batches"} of the latest iteration
+        self._skipping: Optional[_SkipBatches] = None
+
+    @property
+    def _index_sampler(self):  # what torch's iterators draw indices from (and DataLoader.__len__ counts)
+        drawn = DataLoader._index_sampler.fget(self)
+        skipping = getattr(self, "_skipping", None)
+        if skipping is None or skipping.drawn is not drawn:
+            skipping = self._skipping = _SkipBatches(drawn)
+        return skipping
+
+    def __iter__(self) -> "_CountedIteration":
+        return _CountedIteration(self)
+
+    @property
+    def restored(self) -> bool:
+        """Whether a place was loaded (:meth:`load_state_dict`) and is still to be applied."""
+        return self._restored is not None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The place of the latest iteration, ``{"epoch", "batches"}`` (batches of that epoch
+        handed to the training loop, those skipped on a resume included), and the loader's shape."""
+        if self._restored is not None:  # loaded and not yet applied: still the place
+            return dict(self._restored)
+        place = self._place or {"epoch": _sampler_epoch(self), "batches": 0}
+        return {**place, **self._shape()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Start the next iteration where ``state`` (a :meth:`state_dict`) left its epoch."""
+        batches = state.get("batches") if isinstance(state, Mapping) else None
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+            raise ConfigError(f"--resume: the checkpoint's training data position {state!r} is not "
+                              "{'epoch': ..., 'batches': <count>} (a damaged checkpoint?)")
+        self._restored = dict(state)
+
+    def _shape(self) -> Dict[str, Any]:
+        batch_size = self.batch_size if self.batch_size is not None else getattr(self.batch_sampler, "batch_size", None)
+        return {"num_batches": len(self), "batch_size": batch_size, "samples": _length(self.dataset),
+                "world_size": _world_size(self)}
+
+    def _start(self, place: Dict[str, Any]) -> Any:
+        """torch's iterator for a new iteration, from the restored place if it applies; ``place``
+        becomes the loader's."""
+        place["epoch"] = _sampler_epoch(self)
+        place["batches"] = self._skip(place["epoch"])
+        self._index_sampler.skip = place["batches"]
+        self._place = place
+        return DataLoader.__iter__(self)
+
+    def _skip(self, epoch: Optional[int]) -> int:
+        """Batches of ``epoch`` to skip: the restored place's, if it is of this epoch and loader."""
+        restored, self._restored = self._restored, None
+        if restored is None or restored["batches"] == 0:
+            return 0
+        shape = self._shape()
+        if restored["batches"] >= shape["num_batches"] and restored.get("epoch") != epoch:
+            return 0  # the checkpoint's epoch was complete; this is the next one
+        changed = [f"{key} {restored.get(key)} -> {value}" for key, value in
+                   [("epoch", epoch), *shape.items()] if restored.get(key) != value]
+        if not changed:
+            return restored["batches"]
+        if process_shard()[1] == 0:
+            log.warning("resuming mid-epoch: the training data changed since the checkpoint (%s), so this epoch "
+                        "restarts its data order: samples of its first %d batches may be trained twice, others not "
+                        "at all", ", ".join(changed), restored["batches"])
+        return 0
+
+
+class _CountedIteration:
+    """One iteration of a :class:`ResumableLoader`: starts torch's iterator at the first ``next``
+    and counts the batches it hands over."""
+
+    def __init__(self, loader: ResumableLoader):
+        self._loader = loader
+        self._batches: Optional[Any] = None
+        self._place: Dict[str, Any] = {"epoch": None, "batches": 0}
+
+    def __iter__(self) -> "_CountedIteration":
+        return self
+
+    def __next__(self) -> Any:
+        if self._batches is None:
+            self._batches = self._loader._start(self._place)
+        batch = next(self._batches)
+        self._place["batches"] += 1
+        return batch
+
+
+class _SkipBatches:
+    """A loader's index sampler whose next iteration drops its first ``skip`` index batches
+    (drawn, so that random streams advance, but never handed to the dataset)."""
+
+    def __init__(self, drawn: Any):
+        self.drawn, self.skip = drawn, 0
+
+    def __iter__(self):
+        # taken at the first draw, not at iter(): with workers, torch calls iter() twice for one
+        # iteration and draws from the second only
+        skip, self.skip = self.skip, 0
+        yield from itertools.islice(self.drawn, skip, None)
+
+    def __len__(self) -> int:
+        return len(self.drawn)
+
+
+def _samplers(loader: DataLoader) -> List[Any]:
+    """The loader's sampler objects (batch sampler, its sampler, the sampler), each once."""
+    found: List[Any] = []
+    for sampler in (loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None), loader.sampler):
+        if sampler is not None and all(sampler is not f for f in found):
+            found.append(sampler)
+    return found
+
+
+def _sampler_epoch(loader: DataLoader) -> Optional[int]:
+    """The epoch the loader's samplers were last set to (None: no sampler keeps one)."""
+    for sampler in _samplers(loader):
+        epoch = getattr(sampler, "epoch", None)
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            return epoch
+    return None
+
+
+def _world_size(loader: DataLoader) -> int:
+    """The processes the loader's samplers split the data among (ours' ``shard()``, a
+    ``DistributedSampler``'s ``num_replicas``), else those of ``torch.distributed``."""
+    for sampler in _samplers(loader):
+        shard = getattr(sampler, "shard", None)
+        if callable(shard):
+            return int(shard()[0])
+        replicas = getattr(sampler, "num_replicas", None)
+        if isinstance(replicas, int):
+            return replicas
+    return process_shard()[0]
+
+
+def _length(dataset: Any) -> Optional[int]:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None

@@ -8,6 +8,8 @@
   batch from random anchors, each bringing some of its neighbours (found once with a haversine
   ``BallTree``), then tops the batch up with random samples, which serve as distant samples.
   It shards itself across DDP processes.
+- :class:`PlaceSampler` (``data.sampler: places``): one random date per place and epoch, so a
+  batch never holds two dates of one place (the GeoRank authors' SSL4EO-S12 pretraining).
 - :class:`RankShardSampler`: the monitoring loaders' share of a process, for runs whose
   training loader shards itself (Lightning must then inject no samplers).
 """
@@ -75,6 +77,41 @@ class RankShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.n // self.shard()[0])
+
+
+class PlaceSampler(Sampler[int]):
+    """One sample per place and epoch (``data.sampler: places``): the places (``group`` ids, one
+    per position; a position without a group is a place of its own) in a random order, each
+    represented by one of its dates drawn at random; both depend only on (seed, epoch).
+
+    The GeoRank authors pretrain on SSL4EO-S12 this way: their temporal dataset has one item per
+    location and draws its dates, and without temporal views they train on one date per
+    location. No batch then holds two dates of one place, pairs at distance 0 whose GeoRank
+    target ranks tie. An epoch is one pass over the places, ``len`` the number of places."""
+
+    def __init__(self, groups: Optional[np.ndarray], n: int, seed: int = 0):
+        if groups is None:
+            groups = np.arange(n)
+        groups = np.asarray(groups).reshape(-1)
+        if len(groups) != n:
+            raise ConfigError(f"data.sampler: places: {len(groups)} group ids for {n} samples")
+        order = np.argsort(groups, kind="stable")
+        starts = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1]])
+        self._members, self._starts = order.astype(np.int64), starts.astype(np.int64)
+        self._counts = np.diff(np.r_[starts, n]).astype(np.int64)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        date = (rng.random(len(self._starts)) * self._counts).astype(np.int64)
+        chosen = self._members[self._starts + date]
+        return iter(chosen[rng.permutation(len(chosen))].tolist())
+
+    def __len__(self) -> int:
+        return len(self._starts)
 
 
 class AnchorOrder(Sampler[int]):

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from ..data.loader import make_loader
 from ..errors import ConfigError, DataError
 from ..progress import Progress
-from .features import _model_device
+from .features import DEFAULT_PRECISION, _model_device, autocast, check_precision, grad_scaler, optimizer_step
+from .linear import georank_schedule
 from .metrics import multi_label_metrics, single_label_metrics
 
 #: GeoRank's fine-tuning defaults (see the module docstring) and this module's own
@@ -54,6 +55,10 @@ DEFAULT_WEIGHT_DECAY = 0.01
 DEFAULT_BACKBONE_LR_SCALE = 0.1
 #: start and end of the schedule, as fractions of the learning rate (GeoRank: lr / 10 both)
 SCHEDULE_FLOOR = 0.1
+#: ssl-rs: warmup over min(100, a tenth of the steps) then cosine (:func:`warmup_cosine`); georank: the
+#: authors' scheduler exactly (:func:`~ssl_rs.evaluation.linear.georank_schedule`: 10000 warmup steps
+#: beyond 10000, 100 beyond 100, and at lr / 10 throughout for shorter runs)
+SCHEDULES = ("ssl-rs", "georank")
 #: probability threshold of a positive in the multi-label F1 scores
 F1_THRESHOLD = 0.5
 
@@ -62,7 +67,8 @@ F1_THRESHOLD = 0.5
 def check_finetune_options(*, epochs: Any = DEFAULT_EPOCHS, lr: Any = DEFAULT_LR,
                            backbone_lr_scale: Any = DEFAULT_BACKBONE_LR_SCALE, layer_decay: Any = None,
                            weight_decay: Any = DEFAULT_WEIGHT_DECAY, warmup_steps: Any = None,
-                           batch_size: Any = 1, names: Optional[Dict[str, str]] = None) -> None:
+                           schedule: Any = "ssl-rs", batch_size: Any = 1,
+                           names: Optional[Dict[str, str]] = None) -> None:
     """One-line ConfigError for a fine-tuning option no run can use; ``names`` maps a parameter
     to the option it came from (``{"lr": "--lr"}``, ``{"lr": "eval.finetune_lr"}``)."""
     names = names or {}
@@ -92,6 +98,11 @@ def check_finetune_options(*, epochs: Any = DEFAULT_EPOCHS, lr: Any = DEFAULT_LR
         fail("warmup_steps", "an integer >= 0 (or left out for the default)", warmup_steps)
     if not (whole(batch_size) and batch_size >= 1):
         fail("batch_size", "an integer >= 1", batch_size)
+    if schedule not in SCHEDULES:
+        fail("schedule", f"one of {', '.join(SCHEDULES)}", schedule)
+    if schedule == "georank" and warmup_steps is not None:
+        raise ConfigError(f"{names.get('warmup_steps', 'warmup_steps')}: the georank schedule sets its own warmup "
+                          "(10000 steps beyond 10000, 100 beyond 100, else none); leave it out")
 
 
 def _backbone_name(backbone: nn.Module) -> str:
@@ -307,6 +318,7 @@ def finetune(
     layer_decay: Optional[float] = None,
     weight_decay: float = DEFAULT_WEIGHT_DECAY,
     warmup_steps: Optional[int] = None,
+    schedule: str = "ssl-rs",
     augment: bool = True,
     batch_size: int = 256,
     num_workers: int = 0,
@@ -314,6 +326,7 @@ def finetune(
     device: Union[str, torch.device, None] = None,
     progress: bool = True,
     names: Optional[Dict[str, str]] = None,
+    precision: Optional[str] = DEFAULT_PRECISION,
 ) -> Dict[str, float]:
     """Fine-tune a copy of ``backbone`` with a new head on ``train`` and score it on ``evaluate_on``.
 
@@ -328,21 +341,26 @@ def finetune(
             :class:`~ssl_rs.augmentations.Preprocess`); default: ``train``'s band normalisation.
         epochs, lr, backbone_lr_scale, layer_decay, weight_decay, warmup_steps: the recipe (module
             docstring); ``augment=False`` trains without the flips and turns.
+        schedule: the learning-rate schedule per step, one of :data:`SCHEDULES`.
         batch_size, num_workers: of the training and the evaluation loaders.
         seed: seeds the head, the shuffling, the augmentation and dropout.
         device: where to train (default: the backbone's device).
         progress: show progress on stderr (:mod:`ssl_rs.progress`).
         names: parameter -> the option it came from, for error messages.
+        precision: ``32-true``, or ``bf16-mixed`` / ``16-mixed`` (CUDA, with loss scaling) for the
+            model's forward under ``torch.autocast``; the loss and the metrics stay float32.
 
     Returns:
         The task's metrics on ``evaluate_on`` (percent) and ``train_loss``, the mean loss of the
         last epoch.
     """
     check_finetune_options(epochs=epochs, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
-                           weight_decay=weight_decay, warmup_steps=warmup_steps, batch_size=batch_size, names=names)
+                           weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule,
+                           batch_size=batch_size, names=names)
     names = names or {}
     check_layer_decay(backbone, layer_decay, names.get("layer_decay", "layer_decay"))
     dev = torch.device(device) if device is not None else _model_device(backbone)
+    precision = check_precision(precision, dev, names.get("precision", "precision"))
     if preprocess is None:
         from ..augmentations import Preprocess
 
@@ -377,7 +395,10 @@ def finetune(
         groups = param_groups(tuned, head, lr=lr, backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay,
                               weight_decay=weight_decay, option=names.get("layer_decay", "layer_decay"))
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+        factor = (georank_schedule(epochs, n, batch_size) if schedule == "georank"
+                  else warmup_cosine(total_steps, warmup_steps))
+        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scaler = grad_scaler(precision, dev)
 
         train_loss = float("nan")
         with Progress(total_steps, "finetune", "step", enabled=progress) as shown:
@@ -390,11 +411,12 @@ def finetune(
                     targets = the_task.targets(batch, dev)
                     if augment:
                         images, targets = the_task.augment(images, targets)
-                    loss = the_task.loss(model(images), targets)
+                    with autocast(precision, dev):
+                        logits = model(images)
+                    loss = the_task.loss(logits.float(), targets)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
+                    optimizer_step(loss, optimizer, scaler)
+                    lr_schedule.step()
                     loss_sum += loss.detach() * images.shape[0]
                     seen += images.shape[0]
                     shown.update()
@@ -410,7 +432,9 @@ def finetune(
         with torch.inference_mode(), Progress(len(eval_loader), "finetune eval", "batch", enabled=progress) as shown:
             for batch in eval_loader:
                 images = preprocess(torch.as_tensor(batch["image"]).to(dev, non_blocking=True))
-                outputs.append(the_task.outputs(model(images)))
+                with autocast(precision, dev):
+                    logits = model(images)
+                outputs.append(the_task.outputs(logits.float()))
                 targets_all.append(the_task.targets(batch, torch.device("cpu")))
                 shown.update()
     result = the_task.metrics(torch.cat(outputs), torch.cat(targets_all))

@@ -147,23 +147,38 @@ def evaluate(
     seed: int = 0,
     knn_k: int = 20,
     knn_temperature: float = 0.07,
+    knn_votes: str = "mean",
     linear_epochs: int = 100,
+    linear_recipe: str = "ssl-rs",
     finetune_epochs: int = 30,
     finetune_lr: float = 1e-3,
     finetune_backbone_lr_scale: float = 0.1,
     finetune_layer_decay: Optional[float] = None,
     finetune_weight_decay: float = 0.01,
+    finetune_schedule: str = "ssl-rs",
     segmentation_epochs: int = 20,
-    segmentation_lr: float = 1e-3,
+    segmentation_lr: Optional[float] = None,
     segmentation_decoder: str = "auto",
+    segmentation_recipe: str = "ssl-rs",
     finetune_task: str = "classification",
     progress: bool = True,
+    precision: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Extract frozen features of the train and ``eval_split`` samples and score them; ``finetune``
     instead trains a copy of the whole backbone with a head (``finetune_*``: its recipe,
     :func:`ssl_rs.evaluation.finetune.finetune`) and needs no frozen features; ``segmentation`` trains a
     decoder on the frozen backbone's feature maps against the file's per-pixel masks
-    (``segmentation_*``, :func:`ssl_rs.evaluation.segmentation.segmentation_probe`).
+    (``segmentation_*``, :func:`ssl_rs.evaluation.segmentation.segmentation_probe`; ``segmentation_lr``
+    None: the recipe's; ``segmentation_recipe``: ``ssl-rs`` (default) or ``georank``, the GeoRank
+    authors' UPerNet recipe, with ``segmentation_decoder="upernet"`` their whole evaluation).
+
+    ``precision``: ``32-true`` (default, ``None``), ``bf16-mixed`` or ``16-mixed`` (CUDA): the
+    forward passes of every protocol run under ``torch.autocast`` in a mixed precision, while the
+    stored features, losses and metrics stay float32 (:mod:`ssl_rs.evaluation.features`).
+
+    ``knn_votes``: ``mean`` (default) or ``sum``, the GeoRank authors' raw vote sums
+    (:func:`ssl_rs.evaluation.knn.knn_scores`); ``linear_recipe``: ``ssl-rs`` (default) or
+    ``georank`` (:data:`ssl_rs.evaluation.linear.RECIPES`).
 
     ``backbone`` is a module (``forward(x) -> (B, D)``) or a registered backbone name, built
     randomly initialised with ``seed`` and the data's band count. Returns a JSON-ready dict with
@@ -171,7 +186,7 @@ def evaluate(
     """
     from ..augmentations import Preprocess
     from ..augmentations.pipelines import eval_geometry
-    from .features import extract_features
+    from .features import check_precision, extract_features
     from .knn import knn_evaluate
     from .linear import linear_probe
 
@@ -180,8 +195,16 @@ def evaluate(
         raise ConfigError(f"unknown evaluation protocol(s) {unknown} (use {', '.join(PROTOCOLS)})")
     check_eval_options(size=size, batch_size=batch_size, num_workers=num_workers, knn_k=knn_k,
                        knn_temperature=knn_temperature, linear_epochs=linear_epochs)
+    from .knn import VOTES
+    from .linear import RECIPES
+
+    if knn_votes not in VOTES:
+        raise ConfigError(f"knn_votes: unknown {knn_votes!r} (use {', '.join(VOTES)})")
+    if linear_recipe not in RECIPES:
+        raise ConfigError(f"linear_recipe: unknown {linear_recipe!r} (use {', '.join(RECIPES)})")
     finetune_options = dict(epochs=finetune_epochs, lr=finetune_lr, backbone_lr_scale=finetune_backbone_lr_scale,
-                            layer_decay=finetune_layer_decay, weight_decay=finetune_weight_decay)
+                            layer_decay=finetune_layer_decay, weight_decay=finetune_weight_decay,
+                            schedule=finetune_schedule)
     finetune_names = {k: f"finetune_{k}" for k in finetune_options}
     if "finetune" in protocols:
         from .finetune import check_finetune_options
@@ -193,8 +216,10 @@ def evaluate(
         from .segmentation import check_segmentation_options
 
         check_segmentation_options(epochs=segmentation_epochs, lr=segmentation_lr, decoder=segmentation_decoder,
-                                   names={k: f"segmentation_{k}" for k in ("epochs", "lr", "decoder")})
+                                   recipe=segmentation_recipe,
+                                   names={k: f"segmentation_{k}" for k in ("epochs", "lr", "decoder", "recipe")})
     dev = default_device(device)
+    precision = check_precision(precision, dev)
     if isinstance(backbone, str):
         backbone_args = check_backbone_args(backbone, backbone_args)
     train = GeoDataset(data, split="train", scheme=scheme, bands=bands)
@@ -241,6 +266,7 @@ def evaluate(
         (x_train, y_train), (x_test, y_test) = [
             # without label protocols the sample index stands in for the target (a file may have no labels)
             extract_features(backbone, loader, preprocess=preprocess, device=dev, progress=progress,
+                             precision=precision,
                              target_key=None if any(p in LABEL_PROTOCOLS for p in frozen) else "index")
             for loader in loaders
         ]
@@ -248,7 +274,7 @@ def evaluate(
     if "knn" in protocols:
         metrics["knn"] = knn_evaluate(
             x_train, y_train, x_test, y_test, k=knn_k, temperature=knn_temperature,
-            num_classes=train.num_classes or None, device=dev,
+            num_classes=train.num_classes or None, device=dev, votes=knn_votes,
         )
     if "geo" in protocols:
         from .geo_probes import geo_probes
@@ -257,7 +283,7 @@ def evaluate(
     if "linear" in protocols:
         metrics["linear"] = linear_probe(
             x_train, y_train, x_test, y_test, multi_label=train.multi_label, epochs=linear_epochs,
-            seed=seed, device=dev,
+            seed=seed, device=dev, **RECIPES[linear_recipe],
         )
     if "finetune" in protocols:
         from .finetune import finetune
@@ -265,7 +291,7 @@ def evaluate(
 
         metrics["finetune"] = finetune(
             backbone, train, test, preprocess=preprocess, batch_size=batch_size, num_workers=num_workers,
-            seed=seed, device=dev, progress=progress, names=finetune_names, **finetune_options,
+            seed=seed, device=dev, progress=progress, names=finetune_names, precision=precision, **finetune_options,
             **({"task": segmentation_task(train, preprocess=preprocess, decoder=segmentation_decoder)}
                if finetune_task == "segmentation" else {}),
         )
@@ -274,14 +300,16 @@ def evaluate(
 
         metrics["segmentation"] = evaluate_segmentation(
             backbone, train, test, preprocess=preprocess, batch_size=batch_size, num_workers=num_workers,
-            epochs=segmentation_epochs, lr=segmentation_lr, decoder=segmentation_decoder, seed=seed, device=dev,
-            progress=progress,
+            epochs=segmentation_epochs, lr=segmentation_lr, decoder=segmentation_decoder,
+            recipe=segmentation_recipe, seed=seed, device=dev,
+            progress=progress, precision=precision,
         )
     return {
         "backbone": name,
         "data": str(data),
         "scheme": train.split_scheme,
         "eval_split": eval_split,
+        "precision": precision,
         "n_train": len(train),
         "n_test": len(test),
         "feature_dim": int(x_train.shape[1]) if frozen else int(getattr(backbone, "num_features", 0)),

@@ -5,12 +5,19 @@ samples and every neighbour votes with weight ``exp(sim / T)``. The defaults ``k
 ``T=0.07`` are DINO's (Caron et al., 2021), also used by solo-learn, so numbers are
 comparable with published k-NN tables.
 
-Scores are the weight-normalised votes ``sum_j w_j y_j / sum_j w_j`` where ``y_j`` is the
-neighbour's one-hot (single-label) or multi-hot (multi-label) target. For single-label
-data this is DINO's per-class weight sum divided by a positive per-query constant, so the
-predictions are identical; normalising makes the scores class probabilities and lets the
-weights be computed as ``exp((sim - max_sim) / T)``, which cannot overflow even for a
-tiny ``T``. For multi-label data it is a per-class score in [0, 1] for average precision.
+Scores (``votes="mean"``, the default) are the weight-normalised votes
+``sum_j w_j y_j / sum_j w_j`` where ``y_j`` is the neighbour's one-hot (single-label) or
+multi-hot (multi-label) target. For single-label data this is DINO's per-class weight sum
+divided by a positive per-query constant, so the predictions are identical; normalising makes
+the scores class probabilities and lets the weights be computed as ``exp((sim - max_sim) / T)``,
+which cannot overflow even for a tiny ``T``. For multi-label data it is a per-class score in
+[0, 1] for average precision.
+
+``votes="sum"`` keeps the raw sums ``sum_j w_j y_j`` (weights ``exp(sim / T)``), as the GeoRank
+authors' ``KNNClassifier.knn_predict`` does (tomburgert/georank ``eval_base.py``). Single-label
+predictions are the same either way; multi-label average precision is not, because it ranks one
+class's scores across queries, and dividing each query's votes by its own total weight reorders
+them (a query whose neighbours are all very similar gets larger sums).
 
 Memory is bounded: queries are processed ``chunk_size`` at a time and the bank
 ``bank_chunk_size`` rows at a time, keeping a running top-k per query, so at most
@@ -40,6 +47,8 @@ from .metrics import evaluate_scores
 Device = Union[str, torch.device, None]
 
 WEIGHTINGS = ("exp", "uniform")
+#: ``mean``: votes divided by their total weight (default); ``sum``: raw weighted sums (GeoRank)
+VOTES = ("mean", "sum")
 
 # Candidates rescored in float32 beyond k: on the benchmark's EuroSAT-sized features 16
 # leaves ~1% of queries to the float32 fallback (8: 45%, 12: 10%, 24: 0%), while the
@@ -237,6 +246,7 @@ def knn_scores(
     bank_chunk_size: int = 32768,
     bf16_prefilter: Optional[bool] = None,
     device: Device = None,
+    votes: str = "mean",
 ) -> torch.Tensor:
     """Weighted k-NN class scores for every test sample.
 
@@ -257,9 +267,11 @@ def knn_scores(
             (same neighbours, verified per query; see :func:`_topk_neighbours_bf16`).
             Default: on for float32 on CPUs with AMX, where it is ~2x faster overall.
         device: where to compute (default: the device of ``train_features``).
+        votes: ``"mean"`` (scores divided by the neighbours' total weight) or ``"sum"`` (raw
+            weighted sums, the GeoRank authors' k-NN); see the module docstring.
 
     Returns:
-        (N_test, C) scores on the CPU, each row summing to 1 (see the module docstring).
+        (N_test, C) scores on the CPU; with ``votes="mean"`` each row sums to 1.
     """
     bank = _as_tensor(train_features, "train_features")
     queries = _as_tensor(test_features, "test_features")
@@ -273,6 +285,8 @@ def knn_scores(
     _check_targets(targets, bank.shape[0], "train_targets")
     if weighting not in WEIGHTINGS:
         raise ConfigError(f"weighting: unknown {weighting!r} (use one of {WEIGHTINGS})")
+    if votes not in VOTES:
+        raise ConfigError(f"votes: unknown {votes!r} (use one of {VOTES})")
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k: must be a positive integer, got {k!r}")
     if not temperature > 0:
@@ -330,17 +344,24 @@ def knn_scores(
     for start in range(0, n_test, chunk_size):
         sim = sims[start : start + chunk_size]
         idx = neighbours[start : start + chunk_size]
-        if weighting == "exp":
+        if weighting == "uniform":
+            weights = torch.ones_like(sim)
+        elif votes == "mean":
             # Shift by the per-query maximum: a constant factor that normalisation cancels.
             weights = ((sim - sim.amax(dim=1, keepdim=True)) / temperature).exp_()
         else:
-            weights = torch.ones_like(sim)
+            weights = (sim / temperature).exp_()
+            if not bool(torch.isfinite(weights).all()):
+                raise ConfigError(f"temperature: {temperature!r} is too small for votes='sum' (exp(sim / T) "
+                                  f"overflows {dtype}); use a larger temperature or votes='mean'")
         if multi_label:
-            votes = torch.bmm(weights.unsqueeze(1), targets[idx]).squeeze(1)
+            class_votes = torch.bmm(weights.unsqueeze(1), targets[idx]).squeeze(1)
         else:
-            votes = torch.zeros(sim.shape[0], n_classes, dtype=dtype, device=dev)
-            votes.scatter_add_(1, targets[idx], weights)
-        out[start : start + chunk_size] = (votes / weights.sum(dim=1, keepdim=True)).cpu()
+            class_votes = torch.zeros(sim.shape[0], n_classes, dtype=dtype, device=dev)
+            class_votes.scatter_add_(1, targets[idx], weights)
+        if votes == "mean":
+            class_votes = class_votes / weights.sum(dim=1, keepdim=True)
+        out[start : start + chunk_size] = class_votes.cpu()
     return out
 
 
@@ -358,8 +379,10 @@ def knn_evaluate(
     bank_chunk_size: int = 32768,
     bf16_prefilter: Optional[bool] = None,
     device: Device = None,
+    votes: str = "mean",
 ) -> Dict[str, float]:
-    """k-NN scores (see :func:`knn_scores`) turned into metrics.
+    """k-NN scores (see :func:`knn_scores`; ``votes="sum"`` reproduces the GeoRank authors'
+    multi-label average precision) turned into metrics.
 
     Returns:
         ``{"acc_micro", "acc_macro"}`` for (N,) single-label targets or ``{"ap_macro",
@@ -388,6 +411,7 @@ def knn_evaluate(
         bank_chunk_size=bank_chunk_size,
         bf16_prefilter=bf16_prefilter,
         device=device,
+        votes=votes,
     )
     if test_t.shape[0] != scores.shape[0]:
         raise ConfigError(f"test_targets: {test_t.shape[0]} rows but test_features has {scores.shape[0]}")

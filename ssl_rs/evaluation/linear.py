@@ -13,13 +13,22 @@ BCE-with-logits for multi-hot targets. Defaults and why:
 
 Deterministic for a given ``seed``: the initial weights and the shuffling come from a
 private generator (the global RNG is untouched).
+
+``**RECIPES["georank"]`` (the harness's ``linear_recipe="georank"``) follows the GeoRank authors'
+``LinearClassifier`` (tomburgert/georank ``eval_base.py``, run for 30 epochs by
+``ssl_experiments.py`` with ``conf/ssl_config.yaml``) as far as a probe on frozen features can:
+AdamW at lr 1e-3, weight decay 0.01, batch 512, their per-step schedule (:func:`georank_schedule`), raw features (no
+standardisation) and ``nn.Linear``'s own initialisation. What it cannot follow: they run the
+frozen backbone on every batch in training mode, so its BatchNorm layers normalise with batch
+statistics and move their running statistics to the downstream data, on images randomly flipped
+with p = 0.8; here the features are computed once, in eval mode, without augmentation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +38,20 @@ from ..errors import ConfigError
 from .metrics import evaluate_scores
 
 Device = Union[str, torch.device, None]
+
+#: ``cosine``: from lr down to 0, no warmup; ``georank``: :func:`georank_schedule`
+SCHEDULES = ("cosine", "georank")
+#: ``small``: N(0, 0.01) weights and zero bias, as MAE's linear probe; ``torch``: ``nn.Linear``'s
+#: default, U(-1/sqrt(D), 1/sqrt(D)) for weights and bias
+INITS = ("small", "torch")
+#: start and end of :func:`georank_schedule`, as fractions of the learning rate (their lr / 10)
+GEORANK_FLOOR = 0.1
+#: named settings of :func:`linear_probe`; ``georank``: the authors' recipe (module docstring)
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "ssl-rs": {},
+    "georank": {"lr": 1e-3, "weight_decay": 1e-2, "batch_size": 512, "schedule": "georank",
+                "standardize": False, "init": "torch"},
+}
 
 # Below this many multiply-adds per step, one CPU thread is faster: the steps are too small
 # to split, and on a busy machine every multi-threaded op waits for a descheduled worker
@@ -76,6 +99,36 @@ def _targets(t, n: int, multi_label: bool, name: str) -> Tensor:
     return t
 
 
+def georank_warmup_steps(max_intervals: int) -> int:
+    """The GeoRank authors' warmup length for a run they count as ``max_intervals`` steps:
+    10000 beyond 10000 steps, else 100 beyond 100 steps, else none (``eval_base.py``)."""
+    return 10000 if max_intervals > 10000 else 100 if max_intervals > 100 else 0
+
+
+def georank_schedule(epochs: int, n_train: int, batch_size: int) -> Callable[[int], float]:
+    """The learning-rate factor of step ``s`` (0-based) under the GeoRank authors' linear-probe and
+    fine-tuning schedule: their ``LinearWarmupCosineAnnealingLR`` (``utils.py``, pl_bolts') stepped
+    per batch over ``max_intervals = int(epochs * n_train / batch_size)`` steps with
+    ``warmup_start_lr = eta_min = lr / 10``: linear from 0.1 at step 0 to 1 at step ``warmup - 1``
+    (:func:`georank_warmup_steps`), then a cosine from 1 at step ``warmup`` to 0.1 at step
+    ``max_intervals``. Two quirks of theirs are kept or bounded: without warmup (runs of at most
+    100 steps) their scheduler starts at lr / 10 and its chained cosine stays there; steps past
+    ``max_intervals`` (the partial last batch of each epoch adds some) stay at 0.1 here, where
+    theirs turn back up by a negligible amount."""
+    max_intervals = max(1, int(epochs * n_train / batch_size))
+    warmup = georank_warmup_steps(max_intervals)
+
+    def factor(step: int) -> float:
+        if warmup == 0:
+            return GEORANK_FLOOR
+        if step < warmup:
+            return GEORANK_FLOOR + (1.0 - GEORANK_FLOOR) * step / (warmup - 1)
+        progress = min(1.0, (step - warmup) / (max_intervals - warmup))
+        return GEORANK_FLOOR + (1.0 - GEORANK_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
 def linear_probe(
     train_features,
     train_targets,
@@ -92,6 +145,9 @@ def linear_probe(
     device: Device = None,
     val_features=None,
     val_targets=None,
+    schedule: str = "cosine",
+    standardize: bool = True,
+    init: str = "small",
 ) -> Dict[str, float]:
     """Train a linear classifier on ``train_*`` and evaluate it on ``test_*``.
 
@@ -106,6 +162,11 @@ def linear_probe(
         device: where to train (default: the device of ``train_features``).
         val_features, val_targets: optional; when given, the epoch with the best
             validation score (``acc_micro`` or ``ap_macro``) is the one tested.
+        schedule: ``"cosine"`` (per step, from ``lr`` to 0) or ``"georank"``
+            (:func:`georank_schedule`).
+        standardize: scale features by the train split's mean and std first (``False``: raw).
+        init: the classifier's initial weights, ``"small"`` or ``"torch"`` (:data:`INITS`).
+        The GeoRank authors' settings of these together: ``**RECIPES["georank"]``.
 
     Returns:
         The test metrics (``acc_micro``/``acc_macro`` or ``ap_macro``/``ap_micro``, percent)
@@ -136,6 +197,10 @@ def linear_probe(
         raise ConfigError(
             f"invalid schedule: epochs={epochs}, lr={lr}, weight_decay={weight_decay}, batch_size={batch_size}"
         )
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule: unknown {schedule!r} (use one of {SCHEDULES})")
+    if init not in INITS:
+        raise ConfigError(f"init: unknown {init!r} (use one of {INITS})")
 
     label_sets = [y_train, y_test] + ([y_val] if has_val else [])
     if multi_label:
@@ -169,6 +234,9 @@ def linear_probe(
             step_size=step_size,
             seed=seed,
             dev=dev,
+            schedule=schedule,
+            standardize=bool(standardize),
+            init=init,
         )
 
 
@@ -187,13 +255,20 @@ def _train_and_test(
     step_size: int,
     seed: int,
     dev: torch.device,
+    schedule: str = "cosine",
+    standardize: bool = True,
+    init: str = "small",
 ) -> Dict[str, float]:
     """The probe itself, on validated inputs (see :func:`linear_probe`)."""
     x_train = x_train.to(dev, torch.float32)
-    mean = x_train.mean(dim=0)
-    std = x_train.std(dim=0)
-    # Constant features carry no signal; dividing by ~0 would only blow up test values.
-    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    if standardize:
+        mean = x_train.mean(dim=0)
+        std = x_train.std(dim=0)
+        # Constant features carry no signal; dividing by ~0 would only blow up test values.
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    else:
+        mean = torch.zeros(x_train.shape[1], device=dev)
+        std = torch.ones(x_train.shape[1], device=dev)
 
     def standardise(x: Tensor) -> Tensor:
         return (x.to(dev, torch.float32) - mean) / std
@@ -206,18 +281,25 @@ def _train_and_test(
     # skip_init: nn.Linear's own init would draw from (and advance) the global RNG.
     layer = nn.utils.skip_init(nn.Linear, x_train.shape[1], n_classes)
     with torch.no_grad():
-        # Small random weights as in MAE's linear probe.
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.01)
-        layer.bias.zero_()
+        if init == "small":  # as MAE's linear probe
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.01)
+            layer.bias.zero_()
+        else:  # nn.Linear's reset_parameters (kaiming_uniform with a = sqrt(5)), from the private generator
+            bound = 1.0 / math.sqrt(x_train.shape[1])
+            layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
+            layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
     layer.to(dev)
 
     n = x_train.shape[0]
     steps_per_epoch = math.ceil(n / step_size)
     total_steps = epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    )
+    if schedule == "georank":
+        factor = georank_schedule(epochs, n, step_size)
+    else:
+        def factor(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     primary = "ap_macro" if multi_label else "acc_micro"
     best_val: Optional[Dict[str, float]] = None
@@ -234,7 +316,7 @@ def _train_and_test(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            scheduler.step()
             # Weighted by batch size so the epoch mean is over samples, not batches.
             loss_sum += loss.detach() * batch.numel()
         train_loss = float(loss_sum) / n

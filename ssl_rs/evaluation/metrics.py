@@ -8,6 +8,11 @@ All values are percentages (0..100), the convention of the remote-sensing SSL pa
 - multi-label: ``ap_macro`` (mean average precision over classes with at least one
   positive; classes without positives have no defined AP) and ``ap_micro`` (AP over all
   (sample, class) pairs), both via scikit-learn's ``average_precision_score``.
+
+``absent="zero"`` averages the way torchmetrics does, and with it the GeoRank authors' logged
+``accmac`` and ``APmac`` (tomburgert/georank ``base.py``): a class that is predicted but has no
+target sample counts as recall 0 in ``acc_macro``, and a class without positive targets counts as
+AP 0 in ``ap_macro``. The two agree whenever every class occurs in the evaluated targets.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from ..errors import ConfigError, DataError
+
+#: ``skip``: classes absent from the targets are left out of the macro averages (default);
+#: ``zero``: they count as 0 where torchmetrics counts them (module docstring)
+ABSENT = ("skip", "zero")
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
@@ -33,7 +42,13 @@ def _to_numpy(x, name: str) -> np.ndarray:
         raise ConfigError(f"{name}: expected a tensor or an array, got {type(x).__name__}") from None
 
 
-def single_label_metrics(scores_or_preds, targets, num_classes: Optional[int] = None) -> Dict[str, float]:
+def _check_absent(absent: str) -> None:
+    if absent not in ABSENT:
+        raise ConfigError(f"absent: unknown {absent!r} (use one of {ABSENT})")
+
+
+def single_label_metrics(scores_or_preds, targets, num_classes: Optional[int] = None,
+                         absent: str = "skip") -> Dict[str, float]:
     """Overall and class-balanced accuracy, in percent.
 
     Args:
@@ -42,11 +57,13 @@ def single_label_metrics(scores_or_preds, targets, num_classes: Optional[int] = 
         targets: (N,) integer class indices.
         num_classes: optional; when given, scores must have this many columns and targets
             must lie in ``[0, num_classes)``.
+        absent: ``"skip"`` or ``"zero"`` (module docstring).
 
     Returns:
         ``{"acc_micro", "acc_macro"}``; ``acc_macro`` averages the recall of the classes
-        present in ``targets`` only.
+        present in ``targets`` (and, with ``absent="zero"``, 0 for each predicted class that is not).
     """
+    _check_absent(absent)
     s = _to_numpy(scores_or_preds, "scores")
     t = _to_numpy(targets, "targets")
     if t.ndim != 1:
@@ -69,24 +86,30 @@ def single_label_metrics(scores_or_preds, targets, num_classes: Optional[int] = 
         raise ConfigError(f"targets: class indices must lie in [0, {num_classes or 'C'}), got {t.min()}..{t.max()}")
     t = t.astype(np.int64)
     correct = (preds == t).astype(np.float64)
-    per_class_total = np.bincount(t)
-    per_class_correct = np.bincount(t, weights=correct, minlength=per_class_total.size)
+    size = max(int(t.max()), int(preds.max()) if preds.size else 0) + 1
+    per_class_total = np.bincount(t, minlength=size)
+    per_class_correct = np.bincount(t, weights=correct, minlength=size)
     present = per_class_total > 0
     recall = per_class_correct[present] / per_class_total[present]
+    if absent == "zero":
+        predicted_only = ~present & (np.bincount(preds[preds >= 0], minlength=size) > 0)
+        recall = np.concatenate([recall, np.zeros(int(predicted_only.sum()))])
     return {"acc_micro": float(correct.mean() * 100.0), "acc_macro": float(recall.mean() * 100.0)}
 
 
-def multi_label_metrics(scores, targets) -> Dict[str, float]:
+def multi_label_metrics(scores, targets, absent: str = "skip") -> Dict[str, float]:
     """Macro and micro average precision, in percent.
 
     Args:
         scores: (N, C) real-valued scores, higher means more likely positive.
         targets: (N, C) multi-hot 0/1 (any numeric or bool dtype).
+        absent: ``"skip"`` or ``"zero"`` (module docstring).
 
     Returns:
         ``{"ap_macro", "ap_micro"}``; ``ap_macro`` averages over classes with at least one
-        positive target.
+        positive target (with ``absent="zero"``: over all C, those without positives as 0).
     """
+    _check_absent(absent)
     s = _to_numpy(scores, "scores").astype(np.float64)
     t = _to_numpy(targets, "targets")
     if t.ndim != 2:
@@ -101,16 +124,17 @@ def multi_label_metrics(scores, targets) -> Dict[str, float]:
     positive_classes = t.sum(axis=0) > 0
     if not positive_classes.any():
         raise DataError("targets: no positive labels; average precision is undefined")
-    per_class = average_precision_score(t[:, positive_classes], s[:, positive_classes], average=None)
+    per_class = np.atleast_1d(average_precision_score(t[:, positive_classes], s[:, positive_classes], average=None))
     ap_micro = average_precision_score(t, s, average="micro")
-    return {"ap_macro": float(np.mean(per_class) * 100.0), "ap_micro": float(ap_micro * 100.0)}
+    classes = t.shape[1] if absent == "zero" else per_class.size
+    return {"ap_macro": float(per_class.sum() / classes * 100.0), "ap_micro": float(ap_micro * 100.0)}
 
 
-def evaluate_scores(scores, targets, num_classes: Optional[int] = None) -> Dict[str, float]:
+def evaluate_scores(scores, targets, num_classes: Optional[int] = None, absent: str = "skip") -> Dict[str, float]:
     """Dispatch on the targets' rank: (N,) class indices -> single-label, (N, C) -> multi-label."""
     ndim = _to_numpy(targets, "targets").ndim
     if ndim == 1:
-        return single_label_metrics(scores, targets, num_classes)
+        return single_label_metrics(scores, targets, num_classes, absent=absent)
     if ndim == 2:
-        return multi_label_metrics(scores, targets)
+        return multi_label_metrics(scores, targets, absent=absent)
     raise ConfigError(f"targets: expected shape (N,) or (N, C), got rank {ndim}")

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 #: the eval.* keys of the fine-tuning protocol, named as :func:`~ssl_rs.evaluation.harness.evaluate` takes them
 FINETUNE_KEYS = ("finetune_epochs", "finetune_lr", "finetune_backbone_lr_scale", "finetune_layer_decay",
-                 "finetune_weight_decay")
+                 "finetune_weight_decay", "finetune_schedule")
 
 
 def evaluation_plan(cfg: DictConfig) -> Tuple[str, List[Optional[str]]]:
@@ -46,10 +46,17 @@ def check_evaluation(cfg: DictConfig) -> Optional[str]:
     (unlabelled pretraining data such as SSL4EO-S12 or Major-TOM) and every protocol needs them,
     else None (label protocols on a file without labels are left out, the geo probes run)."""
     from ..data.dataset import GeoDataset
-    from .harness import LABEL_PROTOCOLS
+    from .features import check_precision
+    from .harness import LABEL_PROTOCOLS, default_device
+    from .knn import VOTES
+    from .linear import RECIPES as LINEAR_RECIPES
 
     path, schemes = evaluation_plan(cfg)
     protocols = eval_protocols(cfg)
+    check_precision(cfg.eval.precision, default_device(), "eval.precision")  # where evaluate_method runs
+    for key, allowed in (("knn_votes", VOTES), ("linear_recipe", tuple(LINEAR_RECIPES))):
+        if cfg.eval[key] not in allowed:
+            raise ConfigError(f"eval.{key}: unknown {cfg.eval[key]!r} (use {', '.join(allowed)})")
     if cfg.eval.data and not Path(path).exists():  # a file, or a folder of shards
         raise ConfigError(f"eval.data: {path} not found")
     bands = list(cfg.data.bands) if cfg.data.bands else None
@@ -64,7 +71,9 @@ def check_evaluation(cfg: DictConfig) -> Optional[str]:
     if "segmentation" in protocols:
         from .segmentation import check_masks, check_segmentation_options
 
-        check_segmentation_options(epochs=cfg.eval.segmentation_epochs, names={"epochs": "eval.segmentation_epochs"})
+        check_segmentation_options(epochs=cfg.eval.segmentation_epochs, decoder=cfg.eval.segmentation_decoder,
+                                   recipe=cfg.eval.segmentation_recipe,
+                                   names={k: f"eval.segmentation_{k}" for k in ("epochs", "decoder", "recipe")})
         check_masks(whole, path)
     if "geo" in protocols:
         whole.require_location("eval.protocols: geo (the geo probes)")
@@ -104,7 +113,11 @@ def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str
                        size=cfg.augmentation.size, bands=list(cfg.data.bands) if cfg.data.bands else None,
                        batch_size=max(cfg.data.batch_size, 256), knn_k=cfg.eval.knn_k,
                        knn_temperature=cfg.eval.knn_temperature, progress=progress, seed=cfg.trainer.seed,
-                       segmentation_epochs=cfg.eval.segmentation_epochs,
+                       segmentation_epochs=cfg.eval.segmentation_epochs, precision=cfg.eval.precision,
+                       knn_votes=cfg.eval.knn_votes, linear_recipe=cfg.eval.linear_recipe,
+                       linear_epochs=cfg.eval.linear_epochs,
+                       segmentation_decoder=cfg.eval.segmentation_decoder,
+                       segmentation_recipe=cfg.eval.segmentation_recipe,
                        **{k: cfg.eval[k] for k in FINETUNE_KEYS})
         out[res["scheme"] or "default"] = res
     return out

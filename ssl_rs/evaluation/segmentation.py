@@ -3,7 +3,7 @@
 The backbone gives spatial features (``feature_maps(x)``, the dense part of the backbone
 contract, :mod:`ssl_rs.backbones.timm_backbones`); a small decoder maps them to per-pixel class
 logits at the evaluated image size, trained with cross-entropy that ignores the file's no-data
-value (``mask_nodata``). Two decoders:
+value (``mask_nodata``). The decoders:
 
 - ``georank`` (CNNs: maps of decreasing size): the head of the GeoRank authors' ResNet
   segmentation model, one ``ConvTranspose2d(C, classes, kernel 4, stride 2, padding 1)`` on the
@@ -13,13 +13,18 @@ value (``mask_nodata``). Two decoders:
 - ``multilevel`` (ViTs: maps of one size): the token grids of a few blocks, each projected by a
   1x1 convolution, concatenated, fused by a 3x3 convolution + BatchNorm + ReLU, classified by a
   1x1 convolution and upsampled bilinearly to the input size.
+- ``upernet`` (CNNs): the GeoRank authors' SSL segmentation evaluation, a UPerNet (pyramid pooling
+  + feature pyramid, width 1024) and an FCN head on the last four maps (a ResNet's layers 1-4);
+  :mod:`ssl_rs.evaluation.upernet`. Maps of one size (ViTs) are refused.
 - ``auto`` (default): ``multilevel`` when every map has the same size, else ``georank``.
 
-Training: AdamW (lr 1e-3, weight decay 1e-2) with a per-step cosine schedule, ``epochs`` passes
-over the train split. The frozen backbone's maps are computed once and kept while they fit in
-``cache_bytes`` (then every epoch reuses them, shuffled by a private generator); otherwise they are
-recomputed batch by batch each epoch. Deterministic for a given ``seed``; the global RNG is
-untouched.
+Training (``recipe``, :data:`RECIPES`): ``ssl-rs`` (default), AdamW (lr 1e-3, weight decay 1e-2)
+with a per-step cosine schedule; ``georank``, the authors' UPerNet recipe: SGD (lr 0.02, momentum
+0.9, weight decay 1e-4) at a constant rate, in batches of 512 (:func:`evaluate_segmentation`).
+``epochs`` passes over the train split. The frozen backbone's maps are computed once and kept
+while they fit in ``cache_bytes`` (then every epoch reuses them, shuffled by a private generator);
+otherwise they are recomputed batch by batch each epoch. Deterministic for a given ``seed``; the
+global RNG is untouched.
 
 Metrics (percent, like every protocol; :class:`ConfusionMatrix`): ``miou`` (mean IoU), ``f1_macro``
 (mean per-class F1), ``pixel_acc`` (overall pixel accuracy) and ``iou_<class>`` per class, all
@@ -42,10 +47,20 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from ..progress import Progress
+from .features import DEFAULT_PRECISION, autocast, check_precision, grad_scaler, optimizer_step
+from .upernet import GEORANK_RECIPE, upernet_decoder
 
-DECODERS = ("auto", "georank", "multilevel")
+DECODERS = ("auto", "georank", "multilevel", "upernet")
 DEFAULT_EPOCHS = 20
 DEFAULT_LR = 1e-3
+#: the decoder's optimisation, by name (``recipe``): ``optimizer`` (adamw / sgd), ``lr``, ``momentum``
+#: (sgd), ``weight_decay``, ``schedule`` (cosine per step / constant) and ``batch_size`` (the train
+#: batches of :func:`evaluate_segmentation`; None: its ``batch_size``)
+RECIPES: Dict[str, Dict[str, Any]] = {
+    "ssl-rs": {"optimizer": "adamw", "lr": DEFAULT_LR, "momentum": None, "weight_decay": 1e-2,
+               "schedule": "cosine", "batch_size": None},
+    "georank": GEORANK_RECIPE,  # ssl_rs/evaluation/upernet.py
+}
 #: cross-entropy's ignore value when the data declares no no-data value
 NO_IGNORE = -100
 Device = Union[str, torch.device, None]
@@ -230,10 +245,44 @@ def build_decoder(decoder: str, maps: Sequence[Tensor], num_classes: int) -> nn.
     """The decoder ``decoder`` for feature maps shaped like ``maps``; ``auto``: ``multilevel`` when
     they all have one size (a ViT), else ``georank`` (a CNN)."""
     check_decoder(decoder)
+    if decoder == "upernet":
+        return upernet_decoder(maps, num_classes)
     if decoder == "auto":
         decoder = "multilevel" if len({tuple(m.shape[-2:]) for m in maps}) == 1 else "georank"
     channels = [int(m.shape[1]) for m in maps]
     return (GeoRankHead if decoder == "georank" else MultiLevelHead)(channels, num_classes)
+
+
+def check_recipe(recipe: Any, option: str = "recipe") -> str:
+    if not isinstance(recipe, str) or recipe not in RECIPES:
+        raise ConfigError(f"{option}: unknown recipe {recipe!r} (use {', '.join(RECIPES)})")
+    return recipe
+
+
+def recipe_settings(recipe: str = "ssl-rs", lr: Optional[float] = None,
+                    weight_decay: Optional[float] = None) -> Dict[str, Any]:
+    """The settings of ``recipe`` (:data:`RECIPES`), ``lr`` and ``weight_decay`` replacing its own when given."""
+    settings = dict(RECIPES[check_recipe(recipe)])
+    if lr is not None:
+        settings["lr"] = lr
+    if weight_decay is not None:
+        settings["weight_decay"] = weight_decay
+    return settings
+
+
+def decoder_optimizer(parameters: Iterable[nn.Parameter], settings: Dict[str, Any], total_steps: int):
+    """The optimiser of :func:`recipe_settings`'s ``settings`` over ``parameters``, and its per-step
+    learning-rate schedule (None for a constant rate)."""
+    if settings["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(parameters, lr=settings["lr"], momentum=settings["momentum"],
+                                    weight_decay=settings["weight_decay"])
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    if settings["schedule"] == "constant":
+        return optimizer, None
+    total = max(int(total_steps), 1)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
 
 
 def feature_maps(backbone: nn.Module, x: Tensor) -> List[Tensor]:
@@ -293,13 +342,15 @@ def segmentation_probe(
     preprocess: Optional[Callable[[Tensor], Tensor]] = None,
     decoder: str = "auto",
     epochs: int = DEFAULT_EPOCHS,
-    lr: float = DEFAULT_LR,
-    weight_decay: float = 1e-2,
+    lr: Optional[float] = None,
+    weight_decay: Optional[float] = None,
+    recipe: str = "ssl-rs",
     seed: int = 0,
     device: Device = None,
     cache_bytes: int = 1 << 30,
     progress: bool = True,
     what: str = "mask",
+    precision: Optional[str] = DEFAULT_PRECISION,
 ) -> Dict[str, float]:
     """Train a decoder on the frozen ``backbone``'s maps of ``train_loader`` and score it on
     ``test_loader``.
@@ -312,23 +363,36 @@ def segmentation_probe(
         nodata: the label of unlabelled pixels (``mask_nodata``): out of the loss and the metrics.
         preprocess: applied to the images on the device (an ``augmentations.Preprocess``); the
             labels follow its geometry by nearest-neighbour (:func:`label_geometry`).
-        decoder: ``auto``, ``georank`` or ``multilevel`` (module docstring).
-        epochs, lr, weight_decay: the AdamW schedule (cosine per step).
+        decoder: ``auto``, ``georank``, ``multilevel`` or ``upernet`` (module docstring).
+        epochs: passes over the train split.
+        lr, weight_decay: replace the recipe's (None: the recipe's own).
+        recipe: the decoder's optimisation, ``ssl-rs`` (AdamW, cosine per step) or ``georank``
+            (SGD with momentum at a constant rate); :data:`RECIPES`. Its batch size applies where
+            :func:`evaluate_segmentation` makes the loaders; here the loaders' batches are used.
         seed: the decoder's initialisation and the cached maps' shuffling.
         device: where to run (default: the backbone's device).
         cache_bytes: keep the frozen maps of the train split when they take at most this much.
         what: how data errors name the labels (e.g. ``FILE: mask``).
+        precision: ``32-true``, or ``bf16-mixed`` / ``16-mixed`` (CUDA, with loss scaling) for the
+            backbone's and the decoder's forward under ``torch.autocast``; the loss and the
+            confusion counts stay float32. The cached maps keep the dtype the backbone gave them
+            (bf16 for a CNN under autocast), so a cached epoch feeds the decoder what a recomputed
+            one would; the ``georank`` and ``multilevel`` decoders start with a convolution that
+            autocast runs on bf16 inputs anyway, so float32 maps would only double the memory.
 
     Returns:
         The test metrics (percent; :class:`ConfusionMatrix`) and ``train_loss`` (mean of the
         last epoch).
     """
-    check_segmentation_options(epochs=epochs, lr=lr, decoder=decoder)
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not weight_decay >= 0:
+    check_segmentation_options(epochs=epochs, lr=lr, decoder=decoder, recipe=recipe)
+    if weight_decay is not None and (isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real)
+                                     or not weight_decay >= 0):
         raise ConfigError(f"weight_decay: must be a number >= 0, got {weight_decay!r}")
+    settings = recipe_settings(recipe, lr, weight_decay)
     if device is None:
         device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     dev = torch.device(device)
+    precision = check_precision(precision, dev)
     ignore = None if nodata is None else int(nodata)
     with _kept_modes(backbone), torch.inference_mode(False), torch.enable_grad():
         backbone.eval()
@@ -336,7 +400,7 @@ def segmentation_probe(
         def encode(batch) -> Tuple[List[Tensor], Tensor]:
             images, masks = _images_and_masks(batch, dev, preprocess)
             check_labels(masks.long(), num_classes, ignore, what)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(precision, dev):
                 maps = feature_maps(backbone, images)
             return maps, masks
 
@@ -372,10 +436,8 @@ def segmentation_probe(
             steps_per_epoch = n_batches or 1
         cached, cache = cache is not None, None  # the per-level tensors hold the cached maps now
         generator = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-        total_steps = epochs * steps_per_epoch
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        optimizer, schedule = decoder_optimizer(head.parameters(), settings, epochs * steps_per_epoch)
+        scaler = grad_scaler(precision, dev)
 
         def batches():
             if cached:
@@ -393,17 +455,19 @@ def segmentation_probe(
                 head.train()
                 loss_sum, count = torch.zeros((), device=dev), 0
                 for maps, masks in batches():
-                    loss = segmentation_loss(head(maps, size), masks, ignore)
+                    with autocast(precision, dev):
+                        logits = head(maps, size)
+                    loss = segmentation_loss(logits.float(), masks, ignore)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
+                    optimizer_step(loss, optimizer, scaler)
+                    if schedule is not None:
+                        schedule.step()
                     loss_sum += loss.detach() * masks.shape[0]
                     count += masks.shape[0]
                 train_loss = float(loss_sum) / max(count, 1)
                 if not math.isfinite(train_loss):
                     raise DataError(f"segmentation: the loss became {train_loss} in epoch {epoch}; try a lower "
-                                    f"learning rate (now {lr:g})")
+                                    f"learning rate (now {settings['lr']:g})")
                 shown.set_note(f"epoch {epoch}/{epochs}, loss {train_loss:.4f}")
                 shown.update()
 
@@ -412,7 +476,9 @@ def segmentation_probe(
         with torch.no_grad():
             for batch in test_loader:
                 maps, masks = encode(batch)
-                confusion.update(head(maps, tuple(masks.shape[-2:])).argmax(dim=1), masks)
+                with autocast(precision, dev):
+                    logits = head(maps, tuple(masks.shape[-2:]))
+                confusion.update(logits.float().argmax(dim=1), masks)
     result = confusion.metrics(class_names)
     result["train_loss"] = train_loss
     return result
@@ -425,38 +491,44 @@ def _length(loader: Iterable) -> Optional[int]:
         return None
 
 
-def check_segmentation_options(*, epochs: Any = DEFAULT_EPOCHS, lr: Any = DEFAULT_LR, decoder: Any = "auto",
-                               names: Optional[Dict[str, str]] = None) -> None:
+def check_segmentation_options(*, epochs: Any = DEFAULT_EPOCHS, lr: Any = None, decoder: Any = "auto",
+                               recipe: Any = "ssl-rs", names: Optional[Dict[str, str]] = None) -> None:
     """One-line ConfigError for a probe option no run can use; ``names`` maps a parameter to the
-    option it came from (``{"epochs": "--epochs"}``)."""
+    option it came from (``{"epochs": "--epochs"}``). ``lr`` None: the recipe's."""
     names = names or {}
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ConfigError(f"{names.get('epochs', 'epochs')}: must be an integer >= 1, got {epochs!r}")
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, numbers.Real)
+                           or not (math.isfinite(lr) and lr > 0)):
         raise ConfigError(f"{names.get('lr', 'lr')}: must be a finite number > 0, got {lr!r}")
     check_decoder(decoder, names.get("decoder", "decoder"))
+    check_recipe(recipe, names.get("recipe", "recipe"))
 
 
 def evaluate_segmentation(backbone: nn.Module, train: Any, test: Any, *, preprocess: Optional[nn.Module] = None,
                           batch_size: int = 256, num_workers: int = 0, epochs: int = DEFAULT_EPOCHS,
-                          lr: float = DEFAULT_LR, decoder: str = "auto", seed: int = 0, device: Device = None,
-                          progress: bool = True) -> Dict[str, float]:
+                          lr: Optional[float] = None, decoder: str = "auto", recipe: str = "ssl-rs", seed: int = 0,
+                          device: Device = None, progress: bool = True,
+                          precision: Optional[str] = DEFAULT_PRECISION) -> Dict[str, float]:
     """:func:`segmentation_probe` on two :class:`~ssl_rs.data.dataset.GeoDataset` splits with masks
     (``mask_classes`` name the classes, ``mask_nodata`` is ignored); the train loader is shuffled
-    by a generator seeded with ``seed``."""
+    by a generator seeded with ``seed``. The decoder trains in batches of the recipe's batch size
+    (``georank``: 512) where it has one, else of ``batch_size``, which is also the test batch."""
     from ..data.loader import make_loader
 
     check_masks(train, train.path)
     check_masks(test, test.path)
     dev = torch.device(device) if device is not None else None
     pin = dev is not None and dev.type == "cuda"
-    train_loader = make_loader(train, batch_size=batch_size, shuffle=True, num_workers=num_workers, pin_memory=pin,
+    train_batch = RECIPES[check_recipe(recipe)]["batch_size"] or batch_size
+    train_loader = make_loader(train, batch_size=train_batch, shuffle=True, num_workers=num_workers, pin_memory=pin,
                                generator=torch.Generator().manual_seed(seed))
     test_loader = make_loader(test, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin)
     classes = list(train.mask_classes)
     return segmentation_probe(backbone, train_loader, test_loader, num_classes=len(classes), class_names=classes,
                               nodata=train.mask_nodata, preprocess=preprocess, decoder=decoder, epochs=epochs,
-                              lr=lr, seed=seed, device=device, progress=progress, what=f"{train.path}: mask")
+                              lr=lr, recipe=recipe, seed=seed, device=device, progress=progress,
+                              what=f"{train.path}: mask", precision=precision)
 
 
 # ----------------------------------------------------------------------------- fine-tuning

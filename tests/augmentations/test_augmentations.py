@@ -261,7 +261,7 @@ def test_factories_accept_config_style_arguments():
         assert build(name, **args)(raw_images())[0].shape[-1] == SIZE
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", PRESETS)
 def test_runs_on_cuda_and_is_reproducible_there(name):
     images = raw_images().cuda()

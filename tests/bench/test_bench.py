@@ -204,3 +204,20 @@ def test_results_csv_widens_its_header_for_new_metrics(tmp_path):
     rows = read_results(path)
     assert [(r["cell_id"], r["acc_macro"], r["ap_macro"]) for r in rows] == [
         ("a", "1.0", ""), ("b", "2.0", ""), ("c", "", "3.0")]
+
+
+def test_cell_ids_of_a_suite_that_sets_no_new_eval_key_stay_as_they_were(tmp_path):
+    """A cell id names a cell's results folder; ``bench run`` resumes by it. eval.* keys added later
+    (precision, knn_votes, linear_recipe, finetune_schedule) are out of the id at their defaults, so a
+    suite's finished cells are not run again after an upgrade. The ids below are those of ssl-rs 9fa0bea."""
+    from ssl_rs.bench.runner import plan
+
+    suite = tmp_path / "ids.yaml"
+    suite.write_text("name: ids\ndata: {synth: {n: 120, size: 16, seed: 1, classes: 4}}\n"
+                     "base_config: synthetic/mocov2\noverrides: [trainer.max_epochs=1, backbone.args.width=8]\n"
+                     "matrix: {regularizer: [none, georank]}\neval: {protocols: [knn, finetune], finetune_epochs: 2}\n")
+    assert [c.id for c in plan(load_suite(suite), tmp_path / "out")[0]] == ["7fa1347b21d1", "3c872e35519a"]
+    changed = suite.read_text().replace("base_config: synthetic/mocov2", "base_config: synthetic/mocov2\n"
+                                        "overrides: [trainer.max_epochs=1, backbone.args.width=8, eval.knn_votes=sum]")
+    suite.write_text(changed.replace("overrides: [trainer.max_epochs=1, backbone.args.width=8]\n", "", 1))
+    assert [c.id for c in plan(load_suite(suite), tmp_path / "out")[0]][0] != "7fa1347b21d1"

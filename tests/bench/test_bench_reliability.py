@@ -12,14 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 import ssl_rs.bench.runner as runner
 from ssl_rs.bench import read_results, report, run_suite
 from ssl_rs.cli import main
+from ssl_rs.data.converters.parallel import ConversionPlan, write_shards
 from ssl_rs.errors import ConfigError
 
 TINY_OVERRIDES = ["data.batch_size=32", "trainer.max_epochs=1", "trainer.knn_every_n_epochs=0",
@@ -264,6 +267,20 @@ def test_a_sharded_folder_is_a_data_path_and_a_plain_folder_is_refused(tmp_path,
     assert main(["bench", "run", str(suite), "--out", str(out), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "data.path" in err and "is a folder without index.json" in err and err.count("\n") == 1
-    (folder / "index.json").write_text("{}\n")  # what makes a folder a dataset (its contents are read by the cells)
+    (folder / "index.json").write_text("{}\n")  # an index the cells could not read fails the dry run
+    assert main(["bench", "run", str(suite), "--out", str(out), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "data.path" in err and "index.json" in err and "format" in err and err.count("\n") == 1
+    assert not out.exists()
+    shutil.rmtree(folder)
+    write_shards(ConversionPlan(name="bench shards", items=list(range(6)), read=_shard_items,
+                                writer=dict(bands=["B02", "B03"], size=(8, 8), gsd=10.0, source="test",
+                                            class_names=["a", "b"])), folder, shard_size=4, workers=1, progress=False)
     assert main(["bench", "run", str(suite), "--out", str(out), "--dry-run"]) == 0
     assert "not found" not in capsys.readouterr().err
+
+
+def _shard_items(item, context):
+    rng = np.random.default_rng(item)
+    yield (rng.integers(0, 10_000, (2, 8, 8), dtype=np.uint16),
+           dict(lat=float(rng.uniform(-60, 60)), lon=float(rng.uniform(-180, 180)), label=int(item % 2)))

@@ -63,7 +63,10 @@ def test_georank_paper_tasks_protocols_and_references():
                                      ("bigearthnet", None, "knn", "ap_macro"): BEN_V2_KNN[k]}
                                  for k, v in EUROSAT_KNN.items()}
     assert all("arXiv:2601.02289" in v.source for v in suite.matrix["regularizer"])
-    assert suite.eval_options == {"finetune_epochs": 30, "finetune_backbone_lr_scale": 1.0, "segmentation_epochs": 20}
+    assert suite.eval_options == {"finetune_epochs": 30, "finetune_backbone_lr_scale": 1.0, "segmentation_epochs": 20,
+                                  "segmentation_decoder": "upernet", "segmentation_recipe": "georank",
+                                  "knn_votes": "sum", "linear_recipe": "georank", "size": "data",
+                                  "batch_size": 512, "finetune_schedule": "georank"}
     assert (suite.linear_epochs, suite.knn_k, suite.knn_temperature) == (30, 10, 0.9)
     assert suite.base_config.parent.name == "ssl4eo"  # the authors' SSL4EO-S12 recipe
 

@@ -259,3 +259,33 @@ def test_synth_masks_needs_a_synthesize_that_writes_them(tmp_path, monkeypatch):
     no_masks = write_suite(tmp_path / "nomasks.yaml", regularizer=["none"], datasets=[
         {"name": "seg", "data": {"synth": {"n": 60, "size": 16, "masks": False}}}])
     assert "masks" not in dict(load_suite(no_masks).eval_datasets[0].data.params)  # false: the default, no change
+
+
+def test_the_authors_probe_options_are_checked_and_reach_the_harness(tmp_path, monkeypatch):
+    """``eval.knn_votes: sum``, ``eval.linear_recipe: georank`` and ``eval.size: data`` (each dataset
+    at its own size) are what georank_paper.yaml evaluates with; a run passes them to ``evaluate``."""
+    import ssl_rs.evaluation.harness as harness
+
+    for key, value in [("knn_votes", "total"), ("linear_recipe", "solo"), ("size", 64)]:
+        bad = write_suite(tmp_path / "bad.yaml", regularizer=["none"], eval={key: value})
+        with pytest.raises(ConfigError, match=rf"^.*bad.yaml: eval.{key}: unknown {value!r} \(use "):
+            load_suite(bad)
+    datasets = [{"name": "world", "data": "pretrain", "schemes": ["random"], "protocols": ["knn"]}]
+    seen = []
+    real = harness.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("size", "knn_votes", "linear_recipe")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "evaluate", recording_evaluate)
+    for options, expected in [({}, {"size": 16, "knn_votes": None, "linear_recipe": None}),
+                              ({"knn_votes": "sum", "linear_recipe": "georank", "size": "data"},
+                               {"size": None, "knn_votes": "sum", "linear_recipe": "georank"})]:
+        suite = write_suite(tmp_path / "authors.yaml", regularizer=["none"], datasets=datasets,
+                            data={"synth": {"n": 120, "size": 16, "seed": 1, "classes": 4}}, overrides=[
+                                *TINY_OVERRIDES, "augmentation.size=12"], eval={"datasets": datasets, **options})
+        seen.clear()
+        run_suite(suite, tmp_path / f"out{len(options)}", progress=False)
+        # the pretraining's size (12) unless size: data, which evaluates at the data's own (16)
+        assert seen == [{**expected, "size": 12 if expected["size"] else None}]

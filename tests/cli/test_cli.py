@@ -220,3 +220,34 @@ def test_pretrain_shows_the_library_log_lines(capsys, tmp_path):
     assert code == 0
     assert re.search(r"ssl-rs: neighbour pairs: \d+ of \d+ training samples have a neighbour", err)
     assert not logging.getLogger("ssl_rs").handlers  # the CLI's handler is gone after the call
+
+
+def test_the_authors_probe_options_reach_the_harness_from_the_cli_and_the_config(tiny_world, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """``eval knn --votes sum`` / ``eval linear --recipe georank`` and ``eval.knn_votes`` /
+    ``eval.linear_recipe`` in a pretraining config (the GeoRank authors' k-NN scores and probe)."""
+    import ssl_rs.evaluation.harness as harness
+
+    seen, real = [], harness.evaluate
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    common = ["--backbone", "tiny_cnn", "--backbone-args", '{"width": 8}', "--data", str(tiny_world)]
+    assert main(["eval", "knn", *common, "--votes", "sum"]) == 0
+    assert main(["eval", "linear", *common, "--recipe", "georank", "--epochs", "2"]) == 0
+    assert seen[0]["knn_votes"] == "sum" and seen[1]["linear_recipe"] == "georank"
+    assert "linear_recipe" not in seen[0] and "knn_votes" not in seen[1]  # each command offers its own option
+    capsys.readouterr()
+    run = ["pretrain", "-c", "synthetic/mocov2", f"data.path={tiny_world}", f"output.dir={tmp_path}",
+           "trainer.progress_bar=false"]
+    assert main([*run, "eval.knn_votes=total"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.knn_votes: unknown 'total' (use mean, sum)" in err and err.count("\n") == 1
+    assert main([*run, "eval.linear_recipe=solo"]) == 2
+    assert "eval.linear_recipe: unknown 'solo' (use ssl-rs, georank)" in capsys.readouterr().err
+    assert main([*run, "eval.linear_epochs=0"]) == 2
+    assert "eval.linear_epochs: must be a positive integer, got 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    seen.clear()
+    assert main([*run, "trainer.max_epochs=1", "trainer.knn_every_n_epochs=0", "backbone.args.width=8", "data.batch_size=32",
+                 "method.args.queue_size=64", "eval.schemes=null", "eval.protocols=[linear]", "eval.linear_epochs=3",
+                 "eval.linear_recipe=georank"]) == 0
+    assert [(kw["linear_epochs"], kw["linear_recipe"]) for kw in seen] == [(3, "georank")]

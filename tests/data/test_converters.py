@@ -440,12 +440,12 @@ def test_wrong_band_count_and_misaligned_band(tmp_path):
 
 def test_conversion_workers_do_not_import_torch():
     """A spawned conversion worker imports its converter's module and the writer; torch (~3 s and
-    0.7 GB per process) is not needed for that (Sen4AgriNet's splits still use ssl_rs.geodesy)."""
+    0.7 GB per process) is not needed for that."""
     import subprocess
     import sys
 
     modules = ["parallel", "eurosat", "bigearthnet", "bigearthnet_v2", "so2sat", "ssl4eo", "major_tom",
-               "segmentation_tiles"]
+               "segmentation_tiles", "sen4agrinet"]
     code = "; ".join(f"import ssl_rs.data.converters.{m}" for m in modules)
     done = subprocess.run([sys.executable, "-c", f"{code}; import sys; print('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=120)

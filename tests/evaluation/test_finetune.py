@@ -256,3 +256,29 @@ def test_worker_processes_give_the_same_scores(tmp_path):
                      batch_size=16, finetune_epochs=1, segmentation_epochs=1, device="cpu", progress=False)
             for workers in (0, 1)]
     assert runs[0]["metrics"] == runs[1]["metrics"]
+
+
+def test_georank_schedule_is_the_authors_scheduler_per_step(splits, monkeypatch):
+    """``schedule="georank"``: the learning rate of each step is the authors' (linear.georank_schedule,
+    held to their scheduler by test_reference_eval), here for a run of more than 100 steps (100 warmup steps)."""
+    from ssl_rs.evaluation.linear import georank_schedule
+
+    train, test = splits
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append([g["lr"] / g["initial_lr"] for g in self.param_groups])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    batch, epochs = 8, 12  # 12 x 84 / 8 = 126 steps by the authors' count: 100 of warmup
+    finetune(tiny_cnn(), train, test, epochs=epochs, batch_size=batch, schedule="georank", augment=False,
+             progress=False)
+    expected = georank_schedule(epochs, len(train), batch)
+    assert len(seen) > 101 and all(f == pytest.approx(expected(s), rel=1e-9) for s, fs in enumerate(seen) for f in fs)
+    assert seen[0][0] == pytest.approx(0.1) and seen[99][0] == pytest.approx(1.0)  # the peak at step 99, as theirs
+    with pytest.raises(ConfigError, match=r"^schedule: must be one of ssl-rs, georank, got 'step'$"):
+        finetune(tiny_cnn(), train, test, schedule="step", progress=False)
+    with pytest.raises(ConfigError, match=r"^warmup_steps: the georank schedule sets its own warmup"):
+        finetune(tiny_cnn(), train, test, schedule="georank", warmup_steps=5, progress=False)

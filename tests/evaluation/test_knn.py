@@ -65,6 +65,28 @@ def test_scores_are_normalised_dino_votes():
     np.testing.assert_allclose(scores.sum(dim=1).numpy(), 1.0)
 
 
+@pytest.mark.parametrize("targets", ["single", "multi"])
+def test_summed_votes_are_the_normalised_votes_times_the_weight_total(targets):
+    # votes="sum": the GeoRank authors' raw exp(sim / T) sums (eval_base.py knn_predict)
+    x_train, y_train, x_test, _ = random_problem(n_train=60, n_test=7, dim=8, seed=5)
+    y = torch.from_numpy(y_train) if targets == "single" else torch.from_numpy(np.eye(5)[y_train]) * 1.0
+    args = (torch.from_numpy(x_train), y, torch.from_numpy(x_test))
+    summed = knn_scores(*args, k=6, temperature=0.9, votes="sum")
+    mean = knn_scores(*args, k=6, temperature=0.9)
+    bank = x_train / np.linalg.norm(x_train, axis=1, keepdims=True)
+    for q, row_sum, row_mean in zip(x_test, summed.numpy(), mean.numpy()):
+        sim = np.sort(bank @ (q / np.linalg.norm(q)))[-6:]
+        np.testing.assert_allclose(row_sum, row_mean * np.exp(sim / 0.9).sum(), rtol=1e-10)
+    assert not torch.allclose(summed.sum(dim=1), torch.ones(7, dtype=summed.dtype))
+
+
+def test_summed_votes_refuse_a_temperature_that_overflows():
+    x_train, y_train, x_test, _ = random_problem(n_train=30, n_test=2, dim=4, seed=6, dtype=np.float32)
+    with pytest.raises(ConfigError, match="^temperature: 0.001 is too small for votes='sum'"):
+        knn_scores(torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test),
+                   temperature=1e-3, votes="sum")
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_chunked_equals_unchunked(dtype):
     x_train, y_train, x_test, _ = random_problem(n_train=500, n_test=90, dim=16, seed=4, dtype=dtype)
@@ -147,6 +169,7 @@ def test_test_class_absent_from_bank():
         {"k": 0},
         {"temperature": 0.0},
         {"weighting": "distance"},
+        {"votes": "max"},
         {"num_classes": 1, "train_targets": torch.arange(10)},
     ],
 )

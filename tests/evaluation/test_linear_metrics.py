@@ -62,6 +62,8 @@ def test_metric_errors():
         multi_label_metrics(torch.zeros(4, 3), torch.zeros(4, 2))
     with pytest.raises(DataError):
         multi_label_metrics(torch.zeros(4, 3), torch.zeros(4, 3))
+    with pytest.raises(ConfigError, match="^absent: unknown 'nan'"):
+        multi_label_metrics(torch.zeros(4, 3), torch.eye(4)[:, :3], absent="nan")
 
 
 # ---------------------------------------------------------------- linear probe
@@ -116,6 +118,31 @@ def test_linear_probe_multi_label_and_validation():
     assert 1 <= result["best_epoch"] <= 40
 
 
+def test_georank_recipe_trains_on_raw_features_with_their_schedule():
+    from ssl_rs.evaluation.linear import RECIPES, georank_schedule, georank_warmup_steps
+
+    assert [georank_warmup_steps(n) for n in (100, 101, 10000, 10001)] == [0, 100, 100, 10000]
+    factor = georank_schedule(30, 16200, 512)  # their EuroSAT run: 949 steps, 100 of warmup
+    assert factor(0) == pytest.approx(0.1) and factor(99) == pytest.approx(1.0) and factor(100) == 1.0
+    assert factor(949) == pytest.approx(0.1) and factor(960) == pytest.approx(0.1)
+    assert georank_schedule(3, 1000, 512)(2) == 0.1  # their scheduler without warmup stays at lr / 10
+    data = separable_problem(seed=4)
+    result = linear_probe(*data, epochs=20, **{**RECIPES["georank"], "batch_size": 32})
+    assert result["acc_micro"] >= 95.0
+    assert linear_probe(*data, epochs=20, **{**RECIPES["georank"], "batch_size": 32}) == result
+
+
+def test_standardize_off_sees_the_raw_scale():
+    x_train, y_train, x_test, y_test = separable_problem(seed=5)
+    options = dict(epochs=3, batch_size=64, lr=1e-3)
+    scaled = (x_train * 1000, y_train, x_test * 1000, y_test)
+    on = linear_probe(x_train, y_train, x_test, y_test, **options)
+    assert linear_probe(*scaled, **options)["train_loss"] == pytest.approx(on["train_loss"], rel=1e-4)
+    off = linear_probe(x_train, y_train, x_test, y_test, standardize=False, **options)
+    raw_scaled = linear_probe(*scaled, standardize=False, **options)
+    assert raw_scaled["train_loss"] != pytest.approx(off["train_loss"], rel=1e-2)
+
+
 def test_linear_probe_errors():
     x_train, y_train, x_test, y_test = separable_problem()
     with pytest.raises(ConfigError):
@@ -126,6 +153,10 @@ def test_linear_probe_errors():
         linear_probe(x_train, y_train, x_test, y_test, epochs=0)
     with pytest.raises(ConfigError):
         linear_probe(x_train, y_train, x_test, y_test, val_features=x_test)
+    with pytest.raises(ConfigError, match="^schedule: unknown 'step'"):
+        linear_probe(x_train, y_train, x_test, y_test, schedule="step")
+    with pytest.raises(ConfigError, match="^init: unknown 'zeros'"):
+        linear_probe(x_train, y_train, x_test, y_test, init="zeros")
 
 
 # ---------------------------------------------------------------- feature extraction

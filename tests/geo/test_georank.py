@@ -304,7 +304,7 @@ def test_distance_geometry_is_computed_once_per_batch(monkeypatch):
     assert pickle.loads(pickle.dumps(module)).temperature == module.temperature  # the cache does not pickle
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu_without_host_sync():
     z, lat, lon = random_batch(64, 8, ties=True)
     module = GeoRank(regularization_strength=0.01)

@@ -62,3 +62,38 @@ def test_config_value_is_checked_and_different_or_mixed_load_the_other_dates(tmp
     assert isinstance(mixed.train_loader.dataset, TemporalPositives) and mixed.method.temporal_views == "mixed"
     same = build(load_config(config, [*common, "augmentation.temporal_views=same"]))
     assert not isinstance(same.train_loader.dataset, TemporalPositives)
+
+
+def test_places_sampler_trains_each_place_once_per_epoch_as_the_authors(tmp_path):
+    """``data.sampler: places``: an epoch is one pass over the places, each as one of its dates (the
+    GeoRank authors' SSL4EO-S12 pretraining); with ``temporal_views: different`` the two views are two
+    distinct dates of the place, as their temporal dataset draws them."""
+    import numpy as np
+
+    from ssl_rs.data.synth import synthesize
+    from ssl_rs.train import build
+
+    world = synthesize(tmp_path / "dates.h5", n=96, size=16, seed=2, dates=4, num_classes=4, progress=False)
+    common = [f"data.path={world}", f"output.dir={tmp_path}/runs", "data.batch_size=4", "data.num_workers=0",
+              "trainer.max_epochs=1", "trainer.progress_bar=false", "trainer.knn_every_n_epochs=0",
+              "eval.schemes=null", "backbone.args.width=8", "augmentation.temporal_views=different"]
+    config = packaged_config_dir() / "synthetic" / "simclr.yaml"
+    with pytest.raises(ConfigError, match=r"^data.sampler: unknown sampler 'place' \(use geo_neighbors, places"):
+        build(load_config(config, [*common, "data.sampler=place"]))
+    built = build(load_config(config, [*common, "data.sampler=places"]))
+    train = built.train_loader.dataset.dataset  # TemporalPositives over the train split
+    groups = np.asarray(train.group_all)[train.indices]
+    places = len(np.unique(groups))
+    assert places < len(groups)  # several dates per place
+    epochs = []
+    for epoch in range(2):
+        built.train_loader.sampler.set_epoch(epoch)
+        seen = [(int(i), int(j)) for batch in built.train_loader
+                for i, j in zip(batch["index"], batch["index_positive"])]
+        assert len(built.train_loader) == places // 4 and len(seen) == places // 4 * 4
+        anchors = np.array([i for i, _ in seen])
+        file_groups = np.asarray(train.group_all)
+        assert len(np.unique(file_groups[anchors])) == len(seen)  # no place twice in an epoch
+        assert all(file_groups[i] == file_groups[j] and i != j for i, j in seen)  # two distinct dates
+        epochs.append(anchors)
+    assert not np.array_equal(np.sort(epochs[0]), np.sort(epochs[1]))  # the dates drawn differ between epochs
