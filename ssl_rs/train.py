@@ -126,7 +126,8 @@ def build(cfg: DictConfig) -> BuiltRun:
              ", ".join(overridden) or "nothing")
 
     common = dict(num_workers=d.num_workers, persistent_workers=d.num_workers > 0,
-                  pin_memory=torch.cuda.is_available(),
+                  # pinned pages only help a copy to a GPU
+                  pin_memory=torch.cuda.is_available() and cfg.trainer.accelerator != "cpu",
                   worker_init_fn=dataloader_worker_init if d.num_workers > 0 else None)
     if d.sampler == "geo_neighbors":
         batch_sampler = GeoNeighborBatchSampler(train_ds.lat, train_ds.lon, d.batch_size,

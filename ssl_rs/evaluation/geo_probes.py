@@ -98,7 +98,7 @@ def similarity_distance_correlation(
         raise ConfigError(f"bands_km: must be increasing distances >= 0, got {list(bands_km)}")
     x, lat, lon = _check(features, lat, lon, "similarity_distance_correlation")
     pairs = sample_pairs(x.shape[0], max_pairs, seed)
-    z = F.normalize(x.double(), dim=1)
+    z = F.normalize(x.detach().double().cpu(), dim=1)  # features may come from a GPU
     i, j = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
     similarity = (z[i] * z[j]).sum(dim=1).numpy()
     distance = haversine_km(lat[pairs[:, 0]], lon[pairs[:, 0]], lat[pairs[:, 1]], lon[pairs[:, 1]]).numpy()

@@ -40,6 +40,12 @@ def eval_protocols(cfg: DictConfig) -> List[str]:
     return protocols
 
 
+def evaluation_device(cfg: DictConfig) -> Optional[str]:
+    """Where a pretraining's final evaluation runs: the CPU when the run trains on it
+    (``trainer.accelerator: cpu``), else the harness's default (CUDA when available)."""
+    return "cpu" if cfg.trainer.accelerator == "cpu" else None
+
+
 def check_evaluation(cfg: DictConfig) -> Optional[str]:
     """Fail before training when the final evaluation could not run (missing file, band or split
     scheme, unknown protocol, masks for segmentation, lat/lon for the geo probes); return why it will be skipped when the file simply has no labels
@@ -53,7 +59,7 @@ def check_evaluation(cfg: DictConfig) -> Optional[str]:
 
     path, schemes = evaluation_plan(cfg)
     protocols = eval_protocols(cfg)
-    check_precision(cfg.eval.precision, default_device(), "eval.precision")  # where evaluate_method runs
+    check_precision(cfg.eval.precision, default_device(evaluation_device(cfg)), "eval.precision")
     for key, allowed in (("knn_votes", VOTES), ("linear_recipe", tuple(LINEAR_RECIPES))):
         if cfg.eval[key] not in allowed:
             raise ConfigError(f"eval.{key}: unknown {cfg.eval[key]!r} (use {', '.join(allowed)})")
@@ -114,7 +120,7 @@ def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str
                        batch_size=max(cfg.data.batch_size, 256), knn_k=cfg.eval.knn_k,
                        knn_temperature=cfg.eval.knn_temperature, progress=progress, seed=cfg.trainer.seed,
                        segmentation_epochs=cfg.eval.segmentation_epochs, precision=cfg.eval.precision,
-                       knn_votes=cfg.eval.knn_votes, linear_recipe=cfg.eval.linear_recipe,
+                       knn_votes=cfg.eval.knn_votes, linear_recipe=cfg.eval.linear_recipe, device=evaluation_device(cfg),
                        linear_epochs=cfg.eval.linear_epochs,
                        segmentation_decoder=cfg.eval.segmentation_decoder,
                        segmentation_recipe=cfg.eval.segmentation_recipe,

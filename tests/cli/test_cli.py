@@ -251,3 +251,29 @@ def test_the_authors_probe_options_reach_the_harness_from_the_cli_and_the_config
                  "method.args.queue_size=64", "eval.schemes=null", "eval.protocols=[linear]", "eval.linear_epochs=3",
                  "eval.linear_recipe=georank"]) == 0
     assert [(kw["linear_epochs"], kw["linear_recipe"]) for kw in seen] == [(3, "georank")]
+
+
+def test_a_run_on_the_cpu_evaluates_on_the_cpu_where_a_gpu_exists(tiny_world, tmp_path, monkeypatch):
+    """``trainer.accelerator=cpu`` on a GPU machine: the final evaluation stays on the CPU (it used
+    the GPU whenever one was present) and the training loader pins no memory."""
+    import torch
+
+    import ssl_rs.evaluation.harness as harness
+    from ssl_rs.config import load_config, packaged_config_dir
+    from ssl_rs.evaluation.plan import evaluation_device
+    from ssl_rs.train import build
+
+    seen, real = [], harness.evaluate
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **kw: seen.append(kw.get("device")) or real(
+        *a, **{**kw, "device": "cpu"}))
+    run = ["pretrain", "-c", "synthetic/mocov2", f"data.path={tiny_world}", f"output.dir={tmp_path}",
+           "trainer.progress_bar=false", "trainer.max_epochs=1", "trainer.knn_every_n_epochs=0", "data.batch_size=32",
+           "backbone.args.width=8", "method.args.queue_size=64", "eval.schemes=null", "trainer.accelerator=cpu"]
+    assert main(run) == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what a GPU machine answers
+    cfg = load_config(packaged_config_dir() / "synthetic" / "mocov2.yaml",
+                      [o for o in run[3:] if "output" not in o] + [f"output.dir={tmp_path}/b"])
+    assert build(cfg).train_loader.pin_memory is False
+    assert seen == ["cpu"] and evaluation_device(cfg) == "cpu"
+    cfg.trainer.accelerator = "auto"
+    assert evaluation_device(cfg) is None and build(cfg).train_loader.pin_memory is True
