@@ -36,7 +36,8 @@ float32.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+import contextlib
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,23 @@ def _bf16_is_fast(device: torch.device) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _float32_accumulation(device: torch.device) -> Iterator[None]:
+    """bf16 matmuls that accumulate in float32, as the error bound of the preselection assumes:
+    cuBLAS may otherwise reduce partial sums in bf16 (``allow_bf16_reduced_precision_reduction``,
+    on by default); the CPU kernels accumulate in float32."""
+    if device.type != "cuda":
+        yield
+        return
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_bf16_reduced_precision_reduction
+    flags.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        flags.allow_bf16_reduced_precision_reduction = before
+
+
 class _Bf16Bank:
     """The normalised bank rounded to bf16, plus what bounds the rounding error.
 
@@ -203,7 +221,8 @@ def _topk_neighbours_bf16(
     """
     q_low = queries.to(torch.bfloat16)
     q_low_f = q_low.float()
-    coarse, cand = _topk_neighbours(q_low, bank.low, n_candidates, bank_chunk_size)
+    with _float32_accumulation(queries.device):
+        coarse, cand = _topk_neighbours(q_low, bank.low, n_candidates, bank_chunk_size)
     n, d = queries.shape
     exact = torch.empty(cand.shape, dtype=queries.dtype, device=queries.device)
     # Small blocks keep the gathered rows in cache: 3x faster than one big gather.

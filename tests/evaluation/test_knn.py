@@ -197,3 +197,21 @@ def test_grouped_row_topk_equals_topk(dtype):
     expected = sim.topk(36, dim=1).values
     torch.testing.assert_close(values.sort(dim=1, descending=True).values, expected, rtol=0, atol=0)
     torch.testing.assert_close(sim.gather(1, idx), values, rtol=0, atol=0)
+
+
+def test_bf16_preselection_on_cuda_accumulates_in_float32_and_restores_the_flag(monkeypatch):
+    """The error bound of the bf16 preselection assumes float32 accumulation; cuBLAS may reduce in
+    bf16 unless told not to, so the flag is off during the preselection and restored afterwards."""
+    import ssl_rs.evaluation.knn as knn
+
+    flags = torch.backends.cuda.matmul
+    assert flags.allow_bf16_reduced_precision_reduction  # PyTorch's default
+    seen = []
+    real = knn._topk_neighbours
+    monkeypatch.setattr(knn, "_topk_neighbours", lambda *a: seen.append(flags.allow_bf16_reduced_precision_reduction)
+                        or real(*a))
+    with knn._float32_accumulation(torch.device("cuda")):  # the switch itself needs no GPU
+        knn._topk_neighbours(torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(16, 8, dtype=torch.bfloat16), 3, 8)
+    with knn._float32_accumulation(torch.device("cpu")):
+        knn._topk_neighbours(torch.randn(4, 8, dtype=torch.bfloat16), torch.randn(16, 8, dtype=torch.bfloat16), 3, 8)
+    assert seen == [False, True] and flags.allow_bf16_reduced_precision_reduction
