@@ -50,7 +50,7 @@ def bench(preset: str, device: torch.device, batch: int, iters: int, warmup: int
 
 
 def main(argv: List[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=3)

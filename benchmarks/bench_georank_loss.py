@@ -154,7 +154,7 @@ def csv(text: str, kind=float) -> list:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", type=Path, help="checkout of tomburgert/georank (timed on the CPU)")
     parser.add_argument("--sizes", default="512", help="batch sizes B, comma-separated (default 512)")
     parser.add_argument("--strengths", default="0.001,1.0", help="soft-rank strengths, comma-separated")

@@ -54,7 +54,7 @@ def best_times(fns: dict, repeats: int):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-train", type=int, default=27000)
     parser.add_argument("--n-test", type=int, default=5400)
     parser.add_argument("--dim", type=int, default=512)

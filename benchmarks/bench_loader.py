@@ -237,7 +237,7 @@ def measure(path: Path, batch: int, n_batches: int, repeats: int, workers: Seque
 
 
 def main(argv: List[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="*", default=[], help="ssl-rs HDF5 files or sharded folders, read in place "
                         "(default: synthesise --shapes)")
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES), choices=list(SHAPES))

@@ -264,7 +264,7 @@ def time_bare_step(config: str, overrides: List[str], device: torch.device, prec
 
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true",
                         help="toy size (tiny CNN at 32 px, batch 8, no loader workers): a CPU test in seconds")

@@ -105,7 +105,7 @@ def check(strength: float, batch: int, dim: int, dtype: torch.dtype, device: tor
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--strengths", default="0.001,1.0",

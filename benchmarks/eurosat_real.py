@@ -146,7 +146,7 @@ def format_table(rows: List[Dict], command: Optional[str]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out/eurosat_real"))
     parser.add_argument("--src", type=Path, default=DEFAULT_SRC, help="the EuroSAT-MS subset folder (read in place)")
     parser.add_argument("--methods", default="mocov2,mocov2_georank", help="packaged synthetic/ config names")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -73,6 +75,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- data
+_STATES_DEFAULT = re.compile(r"\bdefault[: ]")
+
+
 def _add_converter_flags(p: argparse.ArgumentParser) -> None:
     """One flag per option the converters declare (``patch_size`` -> ``--patch-size``), so a new
     converter's options reach the command without an edit here. An option several converters
@@ -88,7 +93,9 @@ def _add_converter_flags(p: argparse.ArgumentParser) -> None:
         first = uses[0][1]
         same_type = all(o.type is first.type for _, o in uses)
         choices = list(first.choices) if first.choices and all(o.choices == first.choices for _, o in uses) else None
-        helps = [f"{converter}: {o.help}" + ("" if o.default is None else f" (default {o.default})")
+        # a help that states its default itself ("default: the least cloudy") gets no second one
+        helps = [f"{converter}: {o.help}" + ("" if o.default is None or _STATES_DEFAULT.search(o.help)
+                                             else f" (default {o.default})")
                  for converter, o in uses]
         p.add_argument(first.flag, dest=f"option_{name}", type=first.type if same_type else str, choices=choices,
                        metavar=None if choices else name.upper(), help="; ".join(helps))
@@ -262,6 +269,15 @@ _SEGMENTATION_OPTIONS = {"segmentation_epochs": "--epochs", "segmentation_lr": "
                          "segmentation_decoder": "--decoder", "segmentation_recipe": "--recipe"}
 
 
+def _metric_cell(name: str, value: float) -> str:
+    """A metric as the result table shows it: two decimals, but a count (the geo probe's
+    ``corr_pairs``) as the whole number it is. The harness keeps every metric a float, so
+    results.json and --json have one type per metric value; only the table tells them apart."""
+    if (name == "pairs" or name.endswith("_pairs")) and value.is_integer():
+        return str(int(value))
+    return f"{value:.2f}"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.harness import check_backbone_args, check_eval_options, default_device, evaluate
 
@@ -351,10 +367,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **own,
     )
     if any(len(metrics) > 6 for metrics in result["metrics"].values()):  # too wide as one row: one per metric
-        rows = [{"protocol": name, "metric": k, "value": f"{v:.2f}"} for name, metrics in result["metrics"].items()
-                for k, v in metrics.items() if isinstance(v, float)]
+        rows = [{"protocol": name, "metric": k, "value": _metric_cell(k, v)}
+                for name, metrics in result["metrics"].items() for k, v in metrics.items() if isinstance(v, float)]
     else:
-        rows = [{"protocol": name, **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}}
+        rows = [{"protocol": name, **{k: _metric_cell(k, v) for k, v in metrics.items() if isinstance(v, float)}}
                 for name, metrics in result["metrics"].items()]
     columns = ["protocol"] + [c for c in rows[0] if c != "protocol"]
     print(f"{result['backbone']} on {result['data']} (split scheme {result['scheme']}: "
@@ -391,9 +407,11 @@ def _best_line(best: Optional[Dict]) -> Optional[str]:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import pretrain
+    from .trainer import lightning_chatter_muted
 
     cfg = load_config(args.config, args.overrides)
-    result = pretrain(cfg, resume=args.resume)
+    with lightning_chatter_muted():  # stderr: ssl-rs's progress and log lines, and real warnings only
+        result = pretrain(cfg, resume=args.resume)
     if args.json:  # the whole result, as results.json holds it, for scripts
         print(json.dumps(result))
         return 0
@@ -405,7 +423,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         for scheme, res in result["eval"].items():
             for protocol, metrics in res["metrics"].items():
                 rows.append({"scheme": scheme, "protocol": protocol,
-                             **{k: f"{v:.2f}" for k, v in metrics.items() if isinstance(v, float)}})
+                             **{k: _metric_cell(k, v) for k, v in metrics.items() if isinstance(v, float)}})
         print(head)
         print(markdown_table(rows, list(rows[0])))
     best = _best_line(result.get("best"))
@@ -486,8 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_data_info)
 
-    ev = sub.add_parser("eval", help="evaluate a backbone: its frozen features (k-NN, linear probe, geo probes) "
-                        "or fine-tuned")
+    ev = sub.add_parser("eval", help="evaluate a backbone: its frozen features (k-NN, linear probe, geo probes, "
+                        "segmentation probe) or fine-tuned")
     esub = ev.add_subparsers(dest="protocol", required=True)
     for protocol, summary in EVAL_PROTOCOLS.items():
         p = esub.add_parser(protocol, help=f"{summary} on the train/test split of an HDF5 file")
@@ -609,6 +627,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resume = f"; continue with --resume {checkpoint}" if checkpoint else ""
         print(f"ssl-rs: interrupted ({signal.Signals(signum).name}){resume}", file=sys.stderr)
         return 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports a signal's end
+    except BrokenPipeError:  # the reader of stdout stopped (`ssl-rs data info FILE | head`): not an error of ours
+        # stdout goes to /dev/null so that the interpreter's last flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # as a shell reports an end by SIGPIPE
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -121,7 +121,8 @@ class Progress:
             text = f"ssl-rs: {self.desc}: {count}"
         else:
             count = f"{self.done}/{self.total}" if self.total else str(self.done)
-            text = f"ssl-rs: {self.desc}: {count} {self.unit}"
+            # "7/30 steps" reads "7 of 30 steps": the noun agrees with the total, or the count without one
+            text = f"ssl-rs: {self.desc}: {count} {plural(self.unit, self.total or self.done)}"
         if self.total:
             text += f" ({100.0 * self.done / self.total:.0f}%)"
         if self.note:
@@ -135,6 +136,18 @@ class Progress:
                 text += f", ~{format_duration(elapsed / done_now * (self.total - self.done))} left"
         print(text, file=self.stream, flush=True)
         self._printed = True
+
+
+#: units shown as they are whatever the count: abbreviations (tqdm's default ``it``, bytes)
+INVARIANT_UNITS = ("it", "img", "B")
+
+
+def plural(unit: str, count: int) -> str:
+    """``unit`` as a count of ``count`` reads: ``1 step``, ``30 steps``, ``6 batches``; an
+    abbreviation (:data:`INVARIANT_UNITS`) stays as it is."""
+    if count == 1 or unit in INVARIANT_UNITS:
+        return unit
+    return unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 def _bytes(n: float) -> str:

@@ -1,14 +1,16 @@
 """The Lightning ``Trainer`` a pretraining runs in (:func:`make_trainer`), its progress display
-(:func:`training_progress`), and the one way to quiet Lightning's logging (:func:`quiet_lightning`).
+(:func:`training_progress`), and the ways to quiet Lightning's logging: :func:`quiet_lightning`
+for every trainer and the bench runner, :func:`lightning_chatter_muted` for ``ssl-rs pretrain``.
 
-Lightning is imported only when a trainer is made, so that the bench runner can import
-:func:`quiet_lightning` without it.
+Lightning is imported only when a trainer is made, so that the bench runner and the CLI can
+import :func:`quiet_lightning` and :func:`lightning_chatter_muted` without it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -52,6 +54,47 @@ def quiet_lightning() -> ContextManager[None]:
     return _per_run_chatter_muted()
 
 
+#: Lightning's lines of every run that tell a user of ``ssl-rs pretrain`` nothing to act on: the
+#: device summary, and the fit's start and end, which ssl-rs's progress and summary already show
+LIGHTNING_CHATTER = re.compile(r"(GPU|TPU|HPU|IPU) available: |LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "
+                               r"|Loading `train_dataloader` to estimate number of stepping batches"
+                               r"|`Trainer\.fit` stopped: ")
+#: Lightning's warnings (``warnings.filterwarnings`` patterns) about what ssl-rs does on purpose: a
+#: --resume writes into the run's own checkpoint directory, and a run without online k-NN has no
+#: val loader (ssl-rs says so itself when the k-NN cannot run)
+LIGHTNING_CHATTER_WARNINGS = (r"Checkpoint directory .* exists and is not empty",
+                              r"You defined a `validation_step` but have no `val_dataloader`")
+# Where Lightning's lines start: a logger's filter sees only the records made on it, not those
+# its children pass up. rank_zero_info logs on whichever of the two rank_zero loggers was set last.
+_CHATTER_LOGGERS = ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero",
+                    "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda")
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not LIGHTNING_CHATTER.match(record.getMessage())
+
+
+@contextlib.contextmanager
+def lightning_chatter_muted() -> Iterator[None]:
+    """Mute, for the block, exactly Lightning's per-run lines (:data:`LIGHTNING_CHATTER`) and its
+    warnings about what ssl-rs does on purpose (:data:`LIGHTNING_CHATTER_WARNINGS`): what
+    ``ssl-rs pretrain`` wraps a run in, so stderr holds ssl-rs's progress and log lines. Every
+    other line and warning of Lightning still shows; the filters go at the end of the block."""
+    chatter = _DropChatter()
+    loggers = [logging.getLogger(name) for name in _CHATTER_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(chatter)
+    try:
+        with warnings.catch_warnings():
+            for message in LIGHTNING_CHATTER_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(chatter)
+
+
 @contextlib.contextmanager
 def _per_run_chatter_muted() -> Iterator[None]:
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
@@ -92,7 +135,7 @@ def training_progress() -> "Callback":
             per_epoch = trainer.num_training_batches
             finite = isinstance(per_epoch, int) and trainer.max_epochs is not None and trainer.max_epochs > 0
             # a resumed run starts at its epoch: the bar shows the whole run, not only this session
-            self.shown = Progress(per_epoch * trainer.max_epochs if finite else None, "training", "steps",
+            self.shown = Progress(per_epoch * trainer.max_epochs if finite else None, "training", "step",
                                   initial=trainer.current_epoch * per_epoch if finite else 0)
             self._note(trainer)
 

@@ -248,7 +248,7 @@ def test_throughput_benchmark_runs_at_toy_size_through_the_driver(tmp_path):
     assert "| ssl-rs pretrain (after 2 warm-up steps) |" in log
     assert "| bare training step, 4 pre-loaded batches |" in log
     assert "pretrain / bare step: " in log
-    assert row["target"] in (">= 90%: met", ">= 90%: missed")
+    assert row["target"] == ">= 90%: not graded in a smoke run"  # toy size on the CPU measures nothing
 
 
 @pytest.mark.slow
@@ -261,3 +261,38 @@ def test_the_cuda_tests_step_runs_its_cheap_tests_on_the_cpu_in_a_smoke_run(tmp_
     (row,) = json.loads((out / "results.json").read_text())["steps"]
     assert row["status"] == "ok", row
     assert re.search(r"\b[1-9]\d* passed", (out / "cuda-tests.log").read_text())
+
+
+GEORANK_SMOKE_TABLE = """GeoRank forward + backward, z: B x 128 float32 on CPU
+
+| threads | B | strength | ssl-rs (ms) | ssl-rs + torchsort (ms) | ssl-rs CPU (ms) |
+|---|---|---|---|---|---|
+| 1 | 64 | 0.001 | 2.9 | 4.4 | 2.9 |
+| 1 | 64 | 1 | 2.5 | 2.8 | 2.5 |
+| 2 | 64 | 0.001 | 59.8 | 64.8 | 59.6 |
+| 2 | 64 | 1 | 64.1 | 63.9 | 64.0 |
+"""
+
+
+def test_georank_summary_says_which_strength_and_threads_each_entry_is():
+    # was "ssl-rs: B=64: 2.9 ms, 4.4 ms; B=64: 2.5 ms, 2.8 ms; ...": four entries alike but for their numbers
+    status, summary, target = gpu_check._summary_georank(GEORANK_SMOKE_TABLE, None, False)
+    assert (status, target) == (None, "")
+    assert summary == ("ssl-rs / ssl-rs + torchsort: B=64, strength 0.001, 1 thread: 2.9 / 4.4 ms; "
+                       "B=64, strength 1, 1 thread: 2.5 / 2.8 ms; B=64, strength 0.001, 2 threads: 59.8 / 64.8 ms; "
+                       "B=64, strength 1, 2 threads: 64.1 / 63.9 ms")
+
+
+@pytest.mark.parametrize("smoke, target", [(True, ">= 90%: not graded in a smoke run"), (False, ">= 90%: missed")])
+def test_a_smoke_run_does_not_grade_the_throughput_target(tmp_path, smoke, target):
+    step = next(s for s in gpu_check.STEPS if s.name == "pretrain")
+    result = {"pretrain": {"samples_per_s": 40.0}, "bare": {"samples_per_s": 100.0}, "ratio": 0.4, "target": 0.9,
+              "target_met": False, "batch_size": 4, "workers": 0, "precision": "32-true"}
+    write = (f"import json, pathlib; pathlib.Path({str(tmp_path / 'pretrain.json')!r})"
+             f".write_text(json.dumps({result!r}))")
+    planned = gpu_check.Planned(step, [sys.executable, "-c", write], dict(os.environ), 60.0, [])
+    planned.smoke = smoke
+    row = gpu_check.run_step(planned, False, tmp_path)
+    assert row["status"] == "ok", row
+    assert row["target"] == target
+    assert row["summary"].startswith("pretrain 40 vs bare step 100 samples/s = 40.0%")

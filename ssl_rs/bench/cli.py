@@ -11,13 +11,15 @@ EXIT_CELLS_FAILED = 1
 def cmd_bench_run(args: argparse.Namespace) -> int:
     import sys
 
+    from ..progress import plural
     from .runner import check_max_cells, run_suite
 
     check_max_cells(args.max_cells, "--max-cells")
     # one line per cell on stdout; each cell's progress on stderr (a bar on a terminal, lines in a log)
     summary = run_suite(args.suite, args.out, dry_run=args.dry_run, max_cells=args.max_cells, progress=True)
     if not args.dry_run and summary["left"] == 0:
-        print(f"all {summary['total']} cells finished; next: ssl-rs bench report {summary['out']}")
+        cells = f"{summary['total']} {plural('cell', summary['total'])}"
+        print(f"all {cells} finished; next: ssl-rs bench report {summary['out']}")
     if summary["failed"]:
         first = summary["failures"][0]
         attempted = summary["ran"] + summary["failed"]

@@ -33,7 +33,7 @@ import numpy as np
 from ..data.shards import INDEX_NAME, read_index
 from ..errors import ConfigError, DataError, SslRsError
 from ..files import copy_file, write_text
-from ..progress import format_duration
+from ..progress import format_duration, plural
 from ..run_directory import run_dir_of
 from ..trainer import quiet_lightning
 from .suite import Cell, DataSpec, Suite, load_suite, short_hash
@@ -404,7 +404,8 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
     failed_before = failed_cells(previous)
     todo = [c for c in cells if c.id not in done]
     retry = sum(c.id in failed_before for c in todo)
-    log(f"suite {suite.name}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run"
+    log(f"suite {suite.name}: {len(cells)} {plural('cell', len(cells))}, {len(cells) - len(todo)} finished, "
+        f"{len(todo)} to run"
         + (f" ({retry} failed before: retried)" if retry else "") + f" -> {out}")
     if dry_run:
         for c in cells:
@@ -468,7 +469,7 @@ def run_suite(suite_path: str | Path, out: Optional[str | Path] = None, *, dry_r
         log(f"  done in {format_duration(durations[-1])} (train {float(main['train_seconds']):.0f}s){score}")
     left = len(todo) - ran
     failed = f", {len(failures)} failed" if failures else ""
-    log(f"suite {suite.name}: ran {ran} cells{failed}, {left} left; results in {results_path}")
+    log(f"suite {suite.name}: ran {ran} {plural('cell', ran)}{failed}, {left} left; results in {results_path}")
     return {"total": len(cells), "skipped": len(cells) - len(todo), "ran": ran, "failed": len(failures),
             "failures": failures, "left": left, "out": str(out)}
 

@@ -7,7 +7,7 @@ puts a column under its ``sample_key``), the summary of ``ssl-rs data info``, an
 ``docs/data_format.md`` (:func:`markdown_table`; a test keeps the two equal). A new column is
 one more :class:`Column` here.
 
-``python -m ssl_rs.data.columns`` prints the docs' table.
+``python -m ssl_rs.data.columns_table`` prints the docs' table.
 """
 
 from __future__ import annotations
@@ -570,7 +570,3 @@ def markdown_table() -> str:
         item = f"`{c.sample_key}`: {c.sample}" if c.sample_key else "-"
         rows.append(f"| `{c.name}` | {c.shape_text} | {c.dtype} | {required} | {item} | {c.description} |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":  # pragma: no cover - used to update the docs
-    print(markdown_table())

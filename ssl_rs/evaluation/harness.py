@@ -3,6 +3,7 @@ runner all go through :func:`evaluate`, so every number ssl-rs reports is comput
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -26,6 +27,7 @@ TRAINED_PROTOCOLS = ("finetune",)
 DENSE_PROTOCOLS = ("segmentation",)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
+log = logging.getLogger(__name__)
 
 
 def default_device(device: Optional[Union[str, torch.device]] = None, option: str = "device") -> torch.device:
@@ -224,6 +226,10 @@ def evaluate(
         backbone_args = check_backbone_args(backbone, backbone_args)
     train = GeoDataset(data, split="train", scheme=scheme, bands=bands)
     test = GeoDataset(data, split=eval_split, scheme=scheme, bands=bands)
+    left_out = [b for b in train.file_bands if b not in train.bands]
+    if left_out:  # a checkpoint's bands are picked from the file by name: say which ones it never sees
+        log.info("bands: evaluating on %d of the %d bands of %s, matched by name; left out: %s",
+                 len(train.bands), len(train.file_bands), data, ", ".join(left_out))
     # fine-tuning for segmentation learns from the masks, not the labels
     needs_labels = any(p in LABEL_PROTOCOLS and not (p == "finetune" and finetune_task == "segmentation")
                        for p in protocols)

@@ -48,7 +48,8 @@ def evaluation_device(cfg: DictConfig) -> Optional[str]:
 
 def check_evaluation(cfg: DictConfig) -> Optional[str]:
     """Fail before training when the final evaluation could not run (missing file, band or split
-    scheme, unknown protocol, masks for segmentation, lat/lon for the geo probes); return why it will be skipped when the file simply has no labels
+    scheme, unknown protocol, masks for segmentation, lat/lon for the geo probes); return why it
+    will be skipped when the file simply has no labels
     (unlabelled pretraining data such as SSL4EO-S12 or Major-TOM) and every protocol needs them,
     else None (label protocols on a file without labels are left out, the geo probes run)."""
     from ..data.dataset import GeoDataset
@@ -120,7 +121,8 @@ def evaluate_method(method, cfg: DictConfig, progress: bool = False) -> Dict[str
                        batch_size=max(cfg.data.batch_size, 256), knn_k=cfg.eval.knn_k,
                        knn_temperature=cfg.eval.knn_temperature, progress=progress, seed=cfg.trainer.seed,
                        segmentation_epochs=cfg.eval.segmentation_epochs, precision=cfg.eval.precision,
-                       knn_votes=cfg.eval.knn_votes, linear_recipe=cfg.eval.linear_recipe, device=evaluation_device(cfg),
+                       knn_votes=cfg.eval.knn_votes, linear_recipe=cfg.eval.linear_recipe,
+                       device=evaluation_device(cfg),
                        linear_epochs=cfg.eval.linear_epochs,
                        segmentation_decoder=cfg.eval.segmentation_decoder,
                        segmentation_recipe=cfg.eval.segmentation_recipe,

@@ -216,10 +216,10 @@ def load_backbone(
     if isinstance(weights, str) and weights in ZOO:  # a registered name wins over a same-named file
         entry = ZOO.get(weights)
     if entry is None and not Path(weights).is_file():
+        # a path and a mistyped name look alike (`ssl4eo-s12/resnet18-moco`): say both were tried
         text = str(weights)
-        if os.sep in text or Path(text).suffix in (".safetensors", ".pth", ".pt", ".ckpt"):
-            raise DataError(f"{text}: weights file not found")
-        entry = ZOO.get(text)  # an unknown name raises, suggesting the closest one
+        raise DataError(f"{text}: neither a weights file nor a zoo entry{ZOO.suggestion(text)} "
+                        "(see `ssl-rs zoo list`)")
     if entry is not None:
         from .cache import download
 

@@ -7,6 +7,7 @@ sha256 (or, where only that is known, the hash prefix its file name carries) and
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -195,6 +196,38 @@ class WeightsZoo(NamedCollection[WeightsEntry]):
 
     def _listing_hint(self) -> str:
         return "see `ssl-rs zoo list`"
+
+    def closest_name(self, text: str) -> Optional[str]:
+        """The entry a mistyped name most likely meant, or None: by spelling, else by its words
+        in any order, since names from papers and hubs order the same words differently
+        (``ssl4eo-s12/resnet18-moco`` is ``resnet18_ssl4eo_s12_moco``)."""
+        self.load()
+        spelled = difflib.get_close_matches(str(text), list(self._entries), n=1, cutoff=0.6)
+        if spelled:
+            return spelled[0]
+        words = set(_name_words(text))
+        if not words:
+            return None
+        overlap = {name: len(words & set(_name_words(name))) / len(words | set(_name_words(name)))
+                   for name in self._entries}
+        best = max(sorted(overlap), key=overlap.__getitem__, default=None)
+        # half the words in common: below that the "closest" entry is mostly other words
+        return best if best is not None and overlap[best] >= 0.5 else None
+
+    def suggestion(self, text: str) -> str:
+        """``"; did you mean 'x'?"`` for :meth:`closest_name`, or ``""``."""
+        closest = self.closest_name(text)
+        return f"; did you mean {closest!r}?" if closest else ""
+
+    def get(self, name: str) -> WeightsEntry:
+        self.load()
+        if name in self._entries:
+            return self._entries[name]
+        raise ConfigError(f"unknown weights {name!r}{self.suggestion(name)} ({self._listing_hint()})")
+
+
+def _name_words(text: str) -> Tuple[str, ...]:
+    return tuple(w for w in re.split(r"[^a-z0-9]+", str(text).lower()) if w)
 
 
 ZOO = WeightsZoo()

@@ -68,3 +68,27 @@ def test_top_level_help_names_every_command(capsys):
     for name in ("pretrain", "eval", "data", "list", "zoo", "bench"):
         assert f"{name}" in text and f"ssl-rs {name}" in COMMANDS
     assert top.description and all(word in top.description for word in ("pretrain", "weights", "benchmarks"))
+
+
+def test_top_level_help_names_every_eval_protocol(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # one line per command
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("eval ")]
+    for protocol in ("k-NN", "linear probe", "geo probes", "segmentation", "fine-tuned"):
+        assert protocol in line, line  # segmentation was left out
+
+
+def test_convert_flags_state_each_converters_default_once():
+    import re
+
+    from ssl_rs.data.converters import CONVERTERS
+
+    # a flag several converters share joins their helps with "; ", each one "<converter>: <help>"
+    per_converter = re.compile("; (?=(?:" + "|".join(map(re.escape, CONVERTERS.names())) + "): )")
+    stated = re.compile(r"\bdefault[: ]")
+    for action in options(COMMANDS["ssl-rs data convert"]):
+        for text in per_converter.split(action.help):
+            assert len(stated.findall(text)) <= 1, f"{action.option_strings[-1]}: {text!r}"
+    date = next(a for a in options(COMMANDS["ssl-rs data convert"]) if "--date" in a.option_strings)
+    assert date.help == "cashew-benin: the date to convert, YYYYMMDD (default: the least cloudy by its CLD band)"

@@ -143,7 +143,7 @@ def test_eval_progress_is_plain_lines_off_a_terminal(tiny_world, capsys, monkeyp
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "\r" not in err and "\r" not in out  # tqdm drew its bar here even off a terminal
-    assert "ssl-rs: features: 1/6 batch (17%)" in err and "ssl-rs: features: 6/6 batch (100%), done in" in err
+    assert "ssl-rs: features: 1/6 batches (17%)" in err and "ssl-rs: features: 6/6 batches (100%), done in" in err
     assert out.startswith("tiny_cnn on ")
 
 
@@ -176,6 +176,8 @@ def test_bench_run_shows_each_cells_progress_and_report_says_what_it_does(tmp_pa
     assert main(["bench", "run", str(suite), "--out", str(out_dir)]) == 0
     out, err = capsys.readouterr()
     assert "cell 1/1 mocov2 seed=0" in out and "ssl-rs: training" not in out
+    assert f"suite micro: 1 cell, 0 finished, 1 to run -> {out_dir}" in out  # was "1 cells", "ran 1 cells"
+    assert f"suite micro: ran 1 cell, 0 left; results in {out_dir / 'results.csv'}" in out
     assert "ssl-rs: training: 2/4 steps (50%), epoch 1/2" in err and "ssl-rs: training: 4/4 steps (100%)" in err
     cell = json.loads((out_dir / "cells.json").read_text())[0]
     scalars, hparams, _ = scalars_and_hparams(out_dir / cell["run_dir"])
@@ -199,8 +201,8 @@ def test_progress_rule():
     log = io.StringIO()
     assert list(progress(range(3), "work", "item", stream=log, interval=0)) == [0, 1, 2]
     lines = log.getvalue().splitlines()
-    assert lines[0].startswith("ssl-rs: work: 1/3 item (33%), ") and "elapsed, ~" in lines[0]
-    assert lines[-1].startswith("ssl-rs: work: 3/3 item (100%), done in ") and "\r" not in log.getvalue()
+    assert lines[0].startswith("ssl-rs: work: 1/3 items (33%), ") and "elapsed, ~" in lines[0]
+    assert lines[-1].startswith("ssl-rs: work: 3/3 items (100%), done in ") and "\r" not in log.getvalue()
 
     broken = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
@@ -229,3 +231,33 @@ def test_progress_rule():
     first, last = download.getvalue().splitlines()  # one line as it went, one at the end
     assert first.startswith("ssl-rs: weights.pth: 1.0 MiB/3.0 MiB (33%), ")
     assert last.startswith("ssl-rs: weights.pth: 3.0 MiB/3.0 MiB (100%), done in ")
+
+
+@pytest.mark.parametrize("unit, total, done, shown", [
+    ("step", 30, 7, "7/30 steps (23%)"),  # the fine-tuning's line said "7/30 step"
+    ("batch", 6, 1, "1/6 batches (17%)"),
+    ("patch", None, 5, "5 patches,"),  # no total: the count itself
+    ("epoch", 1, 0, "0/1 epoch (0%)"),
+    ("step", None, 1, "1 step,"),
+    ("img", 600, 256, "256/600 img (43%)"),  # abbreviations stay as they are
+    ("it", 3, 1, "1/3 it (33%)"),
+])
+def test_progress_lines_count_in_plurals(unit, total, done, shown):
+    from ssl_rs.progress import Progress
+
+    log = io.StringIO()
+    with Progress(total, "work", unit, stream=log, interval=0) as bar:
+        bar.update(done)
+    assert log.getvalue().startswith(f"ssl-rs: work: {shown}"), log.getvalue()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_world):
+    """``ssl-rs data info FILE | head``: when the reader of stdout closes it, the command ends with
+    128 + SIGPIPE as a shell reports it, and without a BrokenPipeError traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ssl_rs.cli", "data", "info", str(tiny_world)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the command writes anything (it is still importing)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -246,4 +246,4 @@ def test_the_docs_table_is_the_code_table():
     text = (REPO / "docs" / "data_format.md").read_text()
     start = text.index("| name | shape | dtype | required | GeoDataset item | meaning |")
     end = text.index("\n\n", start)
-    assert text[start:end] == markdown_table(), "update docs/data_format.md with `python -m ssl_rs.data.columns`"
+    assert text[start:end] == markdown_table(), "update docs/data_format.md with `python -m ssl_rs.data.columns_table`"

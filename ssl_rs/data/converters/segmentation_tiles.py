@@ -379,8 +379,8 @@ CONVERTERS.register(Converter(
     convert_cashew,
     options=(
         Option("date", str, "least-cloudy", "the date to convert, YYYYMMDD (default: the least cloudy by its CLD band)"),
-        Option("chip_size", int, 256, "chip side in pixels (torchgeo's default)"),
-        Option("stride", int, 128, "pixels between chips (torchgeo's default; chips overlap)"),
+        Option("chip_size", int, 256, "chip side in pixels (as torchgeo)"),
+        Option("stride", int, 128, "pixels between chips (as torchgeo; chips overlap)"),
     ),
     plan=plan_cashew,
 ))
