@@ -27,6 +27,7 @@ def run_demo(out: Path, n: int = 2000, size: int = 32, epochs: int = 10, seed: i
     from .data.synth import synthesize
     from .evaluation.harness import evaluate
     from .train import pretrain
+    from .trainer import lightning_chatter_muted
 
     out.mkdir(parents=True, exist_ok=True)
     world = out / "world.h5"
@@ -49,7 +50,8 @@ def run_demo(out: Path, n: int = 2000, size: int = 32, epochs: int = 10, seed: i
             f"data.path={world}", f"output.dir={out / 'runs'}", f"trainer.max_epochs={epochs}",
             f"trainer.seed={seed}", f"trainer.progress_bar={progress}", "output.overwrite=true", *extra,
         ])
-        result = pretrain(cfg)
+        with lightning_chatter_muted():  # stderr: the demo's progress lines only, as `ssl-rs pretrain`
+            result = pretrain(cfg)
         row = {"method": name.replace("_", " + "), "train_s": result["train_seconds"],
                "run_dir": result["run_dir"]}
         for scheme in SCHEMES:
