@@ -321,8 +321,7 @@ def _check_eval_options(where: str, options: Dict[str, Any]) -> None:
     """The protocols' own checks, each error naming the suite's key (``eval.finetune_lr``)."""
     from ..evaluation.features import check_precision
     from ..evaluation.finetune import check_finetune_options
-    from ..evaluation.knn import VOTES
-    from ..evaluation.linear import RECIPES as LINEAR_RECIPES
+    from ..evaluation.harness import check_eval_options
     from ..evaluation.segmentation import check_segmentation_options
 
     def given(keys, prefix):
@@ -333,12 +332,10 @@ def _check_eval_options(where: str, options: Dict[str, Any]) -> None:
                                names={k[len("finetune_"):]: f"eval.{k}" for k in FINETUNE_OPTIONS})
         check_segmentation_options(**given(SEGMENTATION_OPTIONS, "segmentation_"),
                                    names={k[len("segmentation_"):]: f"eval.{k}" for k in SEGMENTATION_OPTIONS})
-        for key, allowed in (("knn_votes", VOTES), ("linear_recipe", tuple(LINEAR_RECIPES)), ("size", EVAL_SIZES)):
-            if key in options and options[key] not in allowed:
-                raise ConfigError(f"eval.{key}: unknown {options[key]!r} (use {', '.join(allowed)})")
-        batch = options.get("batch_size", 1)
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ConfigError(f"eval.batch_size: must be an integer >= 1, got {batch!r}")
+        probe = {k: options[k] for k in ("knn_votes", "linear_recipe", "batch_size") if k in options}
+        check_eval_options(**probe, names={k: f"eval.{k}" for k in probe})
+        if "size" in options and options["size"] not in EVAL_SIZES:
+            raise ConfigError(f"eval.size: unknown {options['size']!r} (use {', '.join(EVAL_SIZES)})")
         if "precision" in options:  # its device is checked when the suite runs (a dry run plans it anywhere)
             options["precision"] = check_precision(options["precision"], option="eval.precision")
     except ConfigError as e:

@@ -53,8 +53,8 @@ def default_device(device: Optional[Union[str, torch.device]] = None, option: st
 
 
 def check_eval_options(*, size: Optional[int] = None, batch_size: int = 1, num_workers: int = 0, knn_k: int = 1,
-                       knn_temperature: float = 1.0, linear_epochs: int = 1,
-                       names: Optional[Dict[str, str]] = None) -> None:
+                       knn_temperature: float = 1.0, linear_epochs: int = 1, knn_votes: str = "mean",
+                       linear_recipe: str = "ssl-rs", names: Optional[Dict[str, str]] = None) -> None:
     """One-line ConfigError for a value no evaluation can use (``names`` maps a parameter to the
     option it came from, e.g. ``{"batch_size": "--batch-size"}``)."""
     names = names or {}
@@ -77,6 +77,12 @@ def check_eval_options(*, size: Optional[int] = None, batch_size: int = 1, num_w
         fail("knn_temperature", "> 0", knn_temperature)
     if not (whole(linear_epochs) and linear_epochs >= 1):
         fail("linear_epochs", "an integer >= 1", linear_epochs)
+    from .knn import VOTES
+    from .linear import RECIPES
+
+    for param, value, allowed in (("knn_votes", knn_votes, VOTES), ("linear_recipe", linear_recipe, tuple(RECIPES))):
+        if value not in allowed:
+            raise ConfigError(f"{names.get(param, param)}: unknown {value!r} (use {', '.join(allowed)})")
 
 
 def check_backbone_args(name: str, args: Any, option: str = "backbone_args") -> Dict[str, Any]:
@@ -190,20 +196,14 @@ def evaluate(
     from ..augmentations.pipelines import eval_geometry
     from .features import check_precision, extract_features
     from .knn import knn_evaluate
-    from .linear import linear_probe
+    from .linear import RECIPES, linear_probe
 
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
         raise ConfigError(f"unknown evaluation protocol(s) {unknown} (use {', '.join(PROTOCOLS)})")
     check_eval_options(size=size, batch_size=batch_size, num_workers=num_workers, knn_k=knn_k,
-                       knn_temperature=knn_temperature, linear_epochs=linear_epochs)
-    from .knn import VOTES
-    from .linear import RECIPES
-
-    if knn_votes not in VOTES:
-        raise ConfigError(f"knn_votes: unknown {knn_votes!r} (use {', '.join(VOTES)})")
-    if linear_recipe not in RECIPES:
-        raise ConfigError(f"linear_recipe: unknown {linear_recipe!r} (use {', '.join(RECIPES)})")
+                       knn_temperature=knn_temperature, linear_epochs=linear_epochs, knn_votes=knn_votes,
+                       linear_recipe=linear_recipe)
     finetune_options = dict(epochs=finetune_epochs, lr=finetune_lr, backbone_lr_scale=finetune_backbone_lr_scale,
                             layer_decay=finetune_layer_decay, weight_decay=finetune_weight_decay,
                             schedule=finetune_schedule)

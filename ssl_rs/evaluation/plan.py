@@ -54,16 +54,13 @@ def check_evaluation(cfg: DictConfig) -> Optional[str]:
     else None (label protocols on a file without labels are left out, the geo probes run)."""
     from ..data.dataset import GeoDataset
     from .features import check_precision
-    from .harness import LABEL_PROTOCOLS, default_device
-    from .knn import VOTES
-    from .linear import RECIPES as LINEAR_RECIPES
+    from .harness import LABEL_PROTOCOLS, check_eval_options, default_device
 
     path, schemes = evaluation_plan(cfg)
     protocols = eval_protocols(cfg)
     check_precision(cfg.eval.precision, default_device(evaluation_device(cfg)), "eval.precision")
-    for key, allowed in (("knn_votes", VOTES), ("linear_recipe", tuple(LINEAR_RECIPES))):
-        if cfg.eval[key] not in allowed:
-            raise ConfigError(f"eval.{key}: unknown {cfg.eval[key]!r} (use {', '.join(allowed)})")
+    check_eval_options(knn_votes=cfg.eval.knn_votes, linear_recipe=cfg.eval.linear_recipe,
+                       names={"knn_votes": "eval.knn_votes", "linear_recipe": "eval.linear_recipe"})
     if cfg.eval.data and not Path(path).exists():  # a file, or a folder of shards
         raise ConfigError(f"eval.data: {path} not found")
     bands = list(cfg.data.bands) if cfg.data.bands else None
